@@ -1,0 +1,1 @@
+"""One module per group of `zoo` sub-commands; each exposes `register(subparsers)`."""

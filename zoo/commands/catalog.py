@@ -1,0 +1,87 @@
+"""`zoo ls` (what exists) and `zoo validate` (check every recipe without running anything)."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from pathlib import Path
+
+from tabulate import tabulate
+
+from zoo import paths
+from zoo.corpora import CORPORA
+from zoo.errors import ZooError
+from zoo.models import MODELS
+
+# recipes/<kind>/*.yaml -> the function that loads and checks one file of that kind
+VALIDATORS: dict[str, Callable[[Path], None]] = {}
+
+
+def validator(kind: str) -> Callable[[Callable[[Path], None]], Callable[[Path], None]]:
+    def register_validator(func: Callable[[Path], None]) -> Callable[[Path], None]:
+        VALIDATORS[kind] = func
+        return func
+
+    return register_validator
+
+
+@validator("pretrain")
+@validator("finetune")
+def validate_lm_recipe(path: Path) -> None:
+    from zoo.recipe import load_recipe, read_yaml, resolve
+
+    raw = read_yaml(path)
+    kind = path.parent.name
+    raw.setdefault("kind", kind)
+    recipe = resolve(load_recipe(raw, str(path)))
+    if recipe.kind != kind:
+        raise ZooError(f"{path}: kind {recipe.kind!r} does not match its folder {kind!r}")
+
+
+def local_status(name: str) -> str:
+    root = paths.data_dir()
+    if root is None:
+        return "hub"
+    found = CORPORA[name].find_local(root)
+    return ", ".join(sorted(found)) if found else "hub"
+
+
+def list_everything(_: argparse.Namespace) -> int:
+    print(tabulate([[m.name, m.family, m.objective, m.tokenizer, m.hub_id or "-", m.description]
+                    for m in MODELS.values()],
+                   headers=["model", "family", "objective", "tokenizer", "hub id", "description"]))
+    print()
+    print(tabulate([[c.name, c.hub_id or "-", c.local_layout, local_status(c.name)] for c in CORPORA.values()],
+                   headers=["corpus", "hub dataset", "local layout under ZOO_DATA_DIR", "local splits"]))
+    print()
+    recipes = sorted(paths.recipes_dir().glob("*/*.yaml"))
+    print(tabulate([[r.parent.name, r.stem, str(r.relative_to(paths.recipes_dir().parent))] for r in recipes],
+                   headers=["kind", "recipe", "file"]))
+    return 0
+
+
+def validate(args: argparse.Namespace) -> int:
+    files = [Path(f) for f in args.files] or sorted(paths.recipes_dir().glob("*/*.yaml"))
+    failures = 0
+    for path in files:
+        kind = path.parent.name
+        check = VALIDATORS.get(kind)
+        try:
+            if check is None:
+                raise ZooError(f"{path}: unknown recipe kind {kind!r}; folders: {', '.join(sorted(VALIDATORS))}")
+            check(path)
+            print(f"ok      {path}")
+        except ZooError as exc:
+            failures += 1
+            print(f"invalid {exc}")
+    print(f"{len(files) - failures} valid, {failures} invalid")
+    return 2 if failures else 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    ls = sub.add_parser("ls", help="list models, corpora (with local availability) and recipes")
+    ls.add_argument("--data-dir", metavar="DIR", help="local data mirror (default: $ZOO_DATA_DIR)")
+    ls.set_defaults(func=list_everything)
+    check = sub.add_parser("validate", help="load and check recipes (default: every file in recipes/)")
+    check.add_argument("files", nargs="*", help="recipe files (default: recipes/*/*.yaml)")
+    check.set_defaults(func=validate)

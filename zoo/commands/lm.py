@@ -1,0 +1,91 @@
+"""`zoo pretrain` and `zoo finetune`: train a language model from a recipe and record the run."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from zoo.cli import add_recipe_options
+from zoo.errors import ZooError
+from zoo.paths import checkpoints_dir
+from zoo.recipe import Recipe, compose, load_recipe, read_yaml, resolve
+from zoo.records import RECIPE_FILE
+from zoo.schema import field_docs
+
+EXAMPLES = {
+    "pretrain": "zoo pretrain bert-mini wikipedia --set train.max_steps=200",
+    "finetune": "zoo finetune distilgpt2 wikitext-2 --set model.name=/path/to/checkpoint",
+}
+
+
+def recipe_keys_help() -> str:
+    rows = [f"  {key:<32} {doc} (default: {default!r})" for key, _, doc, default in field_docs(Recipe)]
+    return "recipe keys (override with --set KEY=VALUE or --KEY VALUE):\n" + "\n".join(rows)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    for kind, summary in (("pretrain", "pretrain a model from scratch (MLM without NSP, or CLM)"),
+                          ("finetune", "continue training a pretrained checkpoint on a corpus")):
+        parser = sub.add_parser(kind, help=summary, description=f"{summary}. Example: {EXAMPLES[kind]}",
+                                epilog=recipe_keys_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
+        parser.add_argument("model", nargs="?", help="model registry name, hub id, run id or directory")
+        parser.add_argument("corpus", nargs="?", help="corpus registry name (see `zoo ls`)")
+        add_recipe_options(parser)
+        parser.add_argument("--resume", nargs="?", const="latest", metavar="RUN_ID",
+                            help="continue a run from its last checkpoint (default: newest run of this recipe)")
+        parser.add_argument("--smoke", action="store_true", help="mark the run as a smoke test (off leaderboards)")
+        parser.add_argument("--dry-run", action="store_true", help="print the resolved recipe and exit")
+        parser.set_defaults(func=run_command, kind=kind)
+
+
+def recipe_from_args(args: argparse.Namespace) -> Recipe:
+    """The resolved recipe a pretrain/finetune command line asks for."""
+    if args.recipe:
+        path = Path(args.recipe)
+        raw = read_yaml(path)
+        raw.setdefault("kind", args.kind)
+        recipe = load_recipe(raw, str(path), args.overrides)
+        if args.model and args.model != recipe.model.name:
+            raise ZooError(f"{path}: recipe trains {recipe.model.name!r}, not {args.model!r}")
+    elif args.model and args.corpus:
+        recipe, _ = compose(args.kind, args.model, args.corpus, args.overrides)
+    else:
+        raise ZooError(f"zoo {args.kind}: give MODEL CORPUS or --recipe FILE")
+    if recipe.kind != args.kind:
+        raise ZooError(f"recipe kind is {recipe.kind!r}; run it with `zoo {recipe.kind}`")
+    if args.smoke:
+        recipe.smoke = True
+    return resolve(recipe)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    from zoo.recipe import recipe_yaml
+
+    if args.resume and args.resume != "latest":
+        saved = checkpoints_dir() / args.resume / RECIPE_FILE
+        if not saved.is_file():
+            raise ZooError(f"--resume {args.resume}: no run at {saved.parent}")
+        recipe = resolve(load_recipe(read_yaml(saved), str(saved), args.overrides))
+        run_id = args.resume
+    else:
+        recipe = recipe_from_args(args)
+        run_id = None
+    if args.dry_run:
+        print(recipe_yaml(recipe), end="")
+        return 0
+    from zoo.train import find_resumable, run_lm
+
+    if args.resume == "latest":
+        run_id = find_resumable(recipe)
+        if run_id is None:
+            raise ZooError("--resume: no earlier run of this recipe has a checkpoint; run without --resume")
+    record = run_lm(recipe, run_id=run_id, resume=bool(args.resume))
+    if record.get("status") == "ok":
+        m = record["metrics"]
+        before = record.get("before")
+        change = f" (before fine-tuning {before['perplexity']:.2f})" if before else ""
+        print(f"run {record['run_id']}: perplexity {m['perplexity']:.2f}{change}, eval loss {m['eval_loss']:.4f} "
+              f"over {m['eval_tokens']} tokens; {record['steps']} steps, {record['tokens_seen']} tokens, "
+              f"{record['tokens_per_s']:.0f} tokens/s")
+        print(f"record: results/{record['kind']}/{record['run_id']}/run.json")
+    return 0

@@ -1,0 +1,349 @@
+"""Tokenize once, pack into blocks, cache on disk; MLM/CLM batches.
+
+A split is tokenized in batches of documents and appended to one flat token file (`uint16` when the
+vocabulary fits, else `uint32`), each document followed by the separator token (BERT: [SEP], GPT-2:
+<|endoftext|>). Blocks are views into that memory-mapped file, so RAM stays flat however large the
+corpus. The cache directory is named by a fingerprint of everything that changes the tokens.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from itertools import chain, islice
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from zoo import paths
+from zoo.corpora import Source, iter_documents, resolve_source
+from zoo.errors import DataNotFoundError
+from zoo.recipe import DataSection, ObjectiveSection
+from zoo.tokenization import tokenizer_fingerprint
+
+PIPELINE_VERSION = 1
+DOCS_PER_BATCH = 512
+
+
+# --------------------------------------------------------------------------- packing
+
+
+@dataclass(frozen=True)
+class BlockLayout:
+    """How a block is framed: optional prefix/suffix special tokens around `content` stream tokens."""
+
+    block_size: int
+    prefix: tuple[int, ...]
+    suffix: tuple[int, ...]
+
+    @property
+    def content(self) -> int:
+        return self.block_size - len(self.prefix) - len(self.suffix)
+
+
+def block_layout(tokenizer: PreTrainedTokenizerBase, objective: str, block_size: int) -> BlockLayout:
+    """MLM blocks are framed like the model's pretraining input ([CLS] ... [SEP]); CLM blocks are raw."""
+    if objective == "mlm" and tokenizer.cls_token_id is not None and tokenizer.sep_token_id is not None:
+        return BlockLayout(block_size, (tokenizer.cls_token_id,), (tokenizer.sep_token_id,))
+    return BlockLayout(block_size, (), ())
+
+
+def separator_id(tokenizer: PreTrainedTokenizerBase) -> int:
+    """Token placed after each document in the stream."""
+    for token_id in (tokenizer.eos_token_id, tokenizer.sep_token_id):
+        if token_id is not None:
+            return int(token_id)
+    raise DataNotFoundError("tokenizer has neither an end-of-text nor a separator token")
+
+
+def token_dtype(tokenizer: PreTrainedTokenizerBase) -> np.dtype:
+    return np.dtype(np.uint16) if len(tokenizer) <= np.iinfo(np.uint16).max + 1 else np.dtype(np.uint32)
+
+
+def batched(items: Iterable[str], size: int) -> Iterator[list[str]]:
+    iterator = iter(items)
+    while batch := list(islice(iterator, size)):
+        yield batch
+
+
+def encode_documents(
+    docs: Iterable[str], tokenizer: PreTrainedTokenizerBase, dtype: np.dtype
+) -> Iterator[np.ndarray]:
+    """Flat token arrays, one per batch of documents, each document followed by the separator."""
+    sep = separator_id(tokenizer)
+    for batch in batched(docs, DOCS_PER_BATCH):
+        ids = tokenizer(batch, add_special_tokens=False)["input_ids"]
+        flat = np.fromiter(chain.from_iterable(chain(x, (sep,)) for x in ids), dtype=dtype)
+        yield flat
+
+
+def write_token_stream(chunks: Iterable[np.ndarray], path: Path, progress: Any = None) -> tuple[int, int]:
+    """Append token chunks to `path`; returns (tokens, chunks) written."""
+    tokens = count = 0
+    with open(path, "wb") as fh:
+        for chunk in chunks:
+            fh.write(chunk.tobytes())
+            tokens += int(chunk.size)
+            count += 1
+            if progress is not None:
+                progress.update(int(chunk.size))
+    return tokens, count
+
+
+def num_blocks(n_tokens: int, layout: BlockLayout) -> int:
+    """Full blocks in a stream of `n_tokens`; the remainder is dropped."""
+    return n_tokens // layout.content
+
+
+def pack_blocks(stream: np.ndarray, layout: BlockLayout, indices: np.ndarray | None = None) -> np.ndarray:
+    """Blocks [i0, i1, ...] (all when None) as an int64 (n, block_size) array, vectorised."""
+    n = num_blocks(len(stream), layout)
+    body = np.asarray(stream[: n * layout.content]).reshape(n, layout.content)
+    if indices is not None:
+        body = body[indices]
+    parts = []
+    if layout.prefix:
+        parts.append(np.broadcast_to(np.asarray(layout.prefix), (len(body), len(layout.prefix))))
+    parts.append(body)
+    if layout.suffix:
+        parts.append(np.broadcast_to(np.asarray(layout.suffix), (len(body), len(layout.suffix))))
+    return np.concatenate(parts, axis=1).astype(np.int64)
+
+
+class BlockDataset(torch.utils.data.Dataset):
+    """Fixed-size blocks read lazily from a memory-mapped token stream."""
+
+    def __init__(self, stream: np.ndarray, layout: BlockLayout, limit: int | None = None) -> None:
+        self.stream = stream
+        self.layout = layout
+        self.length = num_blocks(len(stream), layout)
+        if limit is not None:
+            self.length = min(self.length, limit)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        if not 0 <= index < self.length:
+            raise IndexError(index)
+        block = pack_blocks(self.stream, self.layout, np.array([index]))[0]
+        return {"input_ids": torch.from_numpy(block)}
+
+    def all_blocks(self) -> torch.Tensor:
+        return torch.from_numpy(pack_blocks(self.stream, self.layout, np.arange(self.length)))
+
+
+# --------------------------------------------------------------------------- cache
+
+
+@dataclass
+class PackedSplit:
+    path: Path
+    tokens: int
+    documents_batches: int
+    dtype: str
+
+    def stream(self) -> np.ndarray:
+        if self.tokens == 0:
+            return np.zeros(0, dtype=self.dtype)
+        return np.memmap(self.path, dtype=self.dtype, mode="r", shape=(self.tokens,))
+
+
+def data_fingerprint(data: DataSection, tokenizer: PreTrainedTokenizerBase, sources: dict[str, Source]) -> str:
+    """Hash of everything that changes the packed tokens (not block framing: blocks are views)."""
+    key = {
+        "version": PIPELINE_VERSION,
+        "corpus": data.corpus,
+        "max_documents": data.max_documents,
+        "validation_fraction": data.validation_fraction,
+        "tokenizer": tokenizer_fingerprint(tokenizer),
+        "sources": {split: [s.description, s.held_out, s.identity()] for split, s in sources.items()},
+    }
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _build_split(
+    data: DataSection, split: str, source: Source, exclude_held_out: bool,
+    tokenizer: PreTrainedTokenizerBase, out: Path,
+) -> PackedSplit:
+    from tqdm.auto import tqdm
+
+    docs: Iterable[str] = iter_documents(data.corpus, split, source, data.validation_fraction, exclude_held_out)
+    if data.max_documents is not None and split == data.train_split:
+        docs = islice(docs, data.max_documents)
+    dtype = token_dtype(tokenizer)
+    with tqdm(desc=f"tokenizing {data.corpus}/{split}", unit="tok", unit_scale=True, leave=False,
+              disable=None) as bar:
+        tokens, batches = write_token_stream(encode_documents(docs, tokenizer, dtype), out, bar)
+    return PackedSplit(out, tokens, batches, dtype.name)
+
+
+def prepare_splits(
+    data: DataSection, tokenizer: PreTrainedTokenizerBase
+) -> tuple[dict[str, PackedSplit], str]:
+    """Packed token streams for the train and eval splits, built once and cached by fingerprint.
+
+    Several processes may call this at once (multi-process launch): the first to claim the cache entry
+    builds it in a temporary directory and renames it into place; the others wait for the rename.
+    """
+    splits = {data.train_split: False, data.eval_split: False}
+    sources = {s: resolve_source(data.corpus, s, data.paths) for s in splits}
+    exclude = sources[data.eval_split].held_out
+    fingerprint = data_fingerprint(data, tokenizer, sources)
+    final = paths.cache_dir() / "packed" / fingerprint
+    if not (final / "meta.json").is_file():
+        _build_cache(data, tokenizer, sources, exclude, final)
+    meta = json.loads((final / "meta.json").read_text())
+    packed = {s: PackedSplit(final / f"{s}.bin", m["tokens"], m["batches"], m["dtype"]) for s, m in meta.items()}
+    return packed, fingerprint
+
+
+def _build_cache(
+    data: DataSection, tokenizer: PreTrainedTokenizerBase, sources: dict[str, Source], exclude: bool, final: Path
+) -> None:
+    lock = final.with_suffix(".lock")
+    final.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        _wait_for(final / "meta.json", lock)
+        return
+    try:
+        os.write(fd, str(os.getpid()).encode())
+        tmp = final.with_name(final.name + f".tmp{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        meta = {}
+        for split, source in sources.items():
+            packed = _build_split(data, split, source, exclude and split == data.train_split, tokenizer,
+                                  tmp / f"{split}.bin")
+            meta[split] = {"tokens": packed.tokens, "batches": packed.documents_batches, "dtype": packed.dtype}
+        (tmp / "meta.json").write_text(json.dumps(meta))
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+    finally:
+        os.close(fd)
+        lock.unlink(missing_ok=True)
+
+
+def _wait_for(marker: Path, lock: Path, timeout: float = 24 * 3600) -> None:
+    start = time.monotonic()
+    while not marker.is_file():
+        if not lock.exists() and not marker.is_file():
+            raise DataNotFoundError(f"another process failed to build the data cache {marker.parent}")
+        if time.monotonic() - start > timeout:
+            raise DataNotFoundError(f"timed out waiting for the data cache {marker.parent}")
+        time.sleep(1.0)
+
+
+# --------------------------------------------------------------------------- masking
+
+
+def continuation_table(tokenizer: PreTrainedTokenizerBase) -> torch.Tensor:
+    """Bool per vocabulary id: True when the token continues the previous token's word.
+
+    WordPiece marks continuations with '##'; byte-level BPE marks word *starts* with 'Ġ' (a space), so
+    a BPE token without it continues the word, as in the offset-mapping definition of a word.
+    """
+    vocab = tokenizer.get_vocab()
+    table = torch.zeros(max(len(tokenizer), max(vocab.values()) + 1), dtype=torch.bool)
+    special = set(tokenizer.all_special_ids)
+    wordpiece = any(t.startswith("##") for t in vocab)
+    for token, index in vocab.items():
+        if index in special:
+            continue
+        table[index] = token.startswith("##") if wordpiece else not token.startswith(("Ġ", "Ċ", "ĉ"))
+    return table
+
+
+class MLMMasker:
+    """BERT masking: select tokens (or whole words), replace 80/10/10 with [MASK]/random/unchanged."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, objective: ObjectiveSection) -> None:
+        if tokenizer.mask_token_id is None:
+            raise DataNotFoundError("objective mlm needs a tokenizer with a mask token")
+        self.mask_id = int(tokenizer.mask_token_id)
+        self.vocab_size = len(tokenizer)
+        self.special = torch.tensor(sorted(set(tokenizer.all_special_ids)), dtype=torch.long)
+        self.objective = objective
+        self.continuation = continuation_table(tokenizer) if objective.whole_word_mask else None
+
+    def select(self, input_ids: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """Bool mask of positions to predict."""
+        special = torch.isin(input_ids, self.special)
+        p = self.objective.mlm_probability
+        if self.continuation is None:
+            chosen = torch.rand(input_ids.shape, generator=generator) < p
+            return chosen & ~special
+        # word id = running count of word starts; choose words, then expand to their tokens
+        starts = ~self.continuation[input_ids] | special
+        word_ids = torch.cumsum(starts.long(), dim=1)
+        word_chosen = torch.rand((input_ids.shape[0], input_ids.shape[1] + 1), generator=generator) < p
+        chosen = torch.gather(word_chosen, 1, word_ids)
+        return chosen & ~special
+
+    def __call__(
+        self, input_ids: torch.Tensor, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(masked inputs, labels with -100 where nothing is predicted)."""
+        selected = self.select(input_ids, generator)
+        labels = torch.where(selected, input_ids, torch.full_like(input_ids, -100))
+        draw = torch.rand(input_ids.shape, generator=generator)
+        to_mask = selected & (draw < self.objective.mask_replace_prob)
+        to_random = selected & ~to_mask & (
+            draw < self.objective.mask_replace_prob + self.objective.random_replace_prob
+        )
+        random_tokens = torch.randint(self.vocab_size, input_ids.shape, generator=generator)
+        masked = torch.where(to_mask, torch.full_like(input_ids, self.mask_id), input_ids)
+        masked = torch.where(to_random, random_tokens, masked)
+        return masked, labels
+
+
+class MLMCollator:
+    """Dynamic masking for training: new masks every time a block is seen."""
+
+    def __init__(self, masker: MLMMasker) -> None:
+        self.masker = masker
+
+    def __call__(self, examples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        input_ids = torch.stack([e["input_ids"] for e in examples])
+        if "labels" in examples[0]:  # already masked (fixed evaluation masks)
+            return {"input_ids": input_ids, "labels": torch.stack([e["labels"] for e in examples]),
+                    "attention_mask": torch.ones_like(input_ids)}
+        masked, labels = self.masker(input_ids)
+        return {"input_ids": masked, "labels": labels, "attention_mask": torch.ones_like(input_ids)}
+
+
+def clm_collate(examples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """CLM: labels are the inputs; the model shifts them."""
+    input_ids = torch.stack([e["input_ids"] for e in examples])
+    return {"input_ids": input_ids, "labels": input_ids.clone(), "attention_mask": torch.ones_like(input_ids)}
+
+
+class FixedMaskDataset(torch.utils.data.Dataset):
+    """Evaluation blocks with MLM masks drawn once from a seed: the same number on every evaluation."""
+
+    def __init__(self, blocks: BlockDataset, masker: MLMMasker, seed: int) -> None:
+        generator = torch.Generator().manual_seed(seed)
+        self.input_ids, self.labels = masker(blocks.all_blocks(), generator)
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return {"input_ids": self.input_ids[index], "labels": self.labels[index]}
+
+
+def predicted_tokens(labels: torch.Tensor, objective: str) -> int:
+    """Number of tokens a batch's loss averages over (CLM predicts positions 1..n)."""
+    if objective == "clm":
+        labels = labels[..., 1:]
+    return int((labels != -100).sum())

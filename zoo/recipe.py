@@ -1,0 +1,238 @@
+"""Recipes: YAML files loaded into typed sections, dotted overrides, resolution against the registries.
+
+A recipe file may hold any subset of the keys below; what it leaves out comes from the dataclass
+defaults and then from the model's and corpus's registry entries (`resolve`). The resolved recipe is
+written next to every run record and reproduces the run when fed back with `--recipe`.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from zoo import paths
+from zoo.errors import ZooError
+from zoo.schema import RecipeError, build, setting, to_dict
+
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+
+
+@dataclass
+class ModelSection:
+    name: str = setting("bert-tiny", doc="Registry name (`zoo ls`), hub id, zoo run id or checkpoint directory.")
+    init: Literal["scratch", "pretrained"] = setting(
+        "scratch", doc="scratch: random weights from the registry architecture; pretrained: load weights."
+    )
+    config: dict[str, Any] = setting(
+        factory=dict, doc="Overrides of the HF config, e.g. {num_hidden_layers: 2} (scratch only)."
+    )
+
+
+@dataclass
+class TokenizerSection:
+    name: str = setting("", doc="Mirror name (tokenizers/<name>/), hub id or directory; empty: the model's.")
+
+
+@dataclass
+class DataSection:
+    corpus: str = setting("wikipedia", doc="Corpus registry name (`zoo ls`), or 'text' with data.paths.")
+    paths: list[str] = setting(factory=list, doc="Files or globs for corpus 'text' (.txt, .gz, .xz, .jsonl).")
+    block_size: int = setting(128, doc="Tokens per training block (special tokens included).", low=8, high=8192)
+    validation_fraction: float = setting(
+        0.01, doc="Share of documents held out for evaluation when the corpus has no validation split.",
+        low=0.0, high=0.5,
+    )
+    max_documents: int | None = setting(None, doc="Read at most this many training documents (downsampling).", low=1)
+    train_split: str = setting("train", doc="Corpus split used for training.")
+    eval_split: str = setting("validation", doc="Corpus split used for evaluation (held out if absent).")
+
+
+@dataclass
+class ObjectiveSection:
+    type: Literal["mlm", "clm", ""] = setting("", doc="mlm (BERT-style, no NSP) or clm; empty: the model's.")
+    mlm_probability: float = setting(0.15, doc="Share of tokens selected for MLM prediction.", low=0.01, high=0.9)
+    mask_replace_prob: float = setting(0.8, doc="Of selected tokens, share replaced by the mask token.", low=0, high=1)
+    random_replace_prob: float = setting(0.1, doc="Of selected tokens, share replaced by a random token.", low=0, high=1)
+    whole_word_mask: bool = setting(False, doc="Select whole words: all sub-tokens of a word are masked together.")
+
+
+@dataclass
+class TrainSection:
+    batch_size: int = setting(32, doc="Per-device (per-process) micro-batch size.", low=1)
+    grad_accum: int = setting(1, doc="Gradient accumulation steps.", low=1)
+    lr: float = setting(1e-4, doc="Peak learning rate (AdamW).", low=0, high=1)
+    weight_decay: float = setting(0.01, doc="AdamW weight decay.", low=0, high=1)
+    adam_beta2: float = setting(0.999, doc="AdamW beta2.", low=0, high=1)
+    warmup: float = setting(0.06, doc="Warm-up: a fraction of all steps if < 1, else a step count.", low=0)
+    schedule: Literal["linear", "cosine", "constant", "constant_with_warmup"] = setting(
+        "linear", doc="Learning-rate schedule after warm-up."
+    )
+    max_steps: int = setting(-1, doc="Optimizer steps to run; -1: run `epochs` epochs.", low=-1)
+    epochs: float = setting(1.0, doc="Epochs over the training blocks (when max_steps is -1).", low=0)
+    seed: int = setting(42, doc="Seed for initialisation, data order and dynamic masking.")
+    precision: Precision = setting("auto", doc="auto: bf16 on a GPU that supports it, else fp32.")
+    max_grad_norm: float = setting(1.0, doc="Gradient clipping norm (0 disables).", low=0)
+    log_every: int = setting(50, doc="Log the training loss every N steps.", low=1)
+    eval_every: int = setting(0, doc="Evaluate every N steps (0: only at the end).", low=0)
+    save_every: int = setting(0, doc="Checkpoint every N steps (0: only at the end).", low=0)
+    save_total_limit: int = setting(2, doc="Keep at most this many intermediate checkpoints.", low=1)
+    dataloader_workers: int = setting(0, doc="DataLoader worker processes.", low=0)
+
+
+@dataclass
+class DeepSpeedSection:
+    enabled: bool = setting(False, doc="Train through DeepSpeed (implied by a multi-process launch).")
+    zero_stage: int = setting(0, doc="ZeRO stage: 0 none, 1 optimizer, 2 +gradients, 3 +parameters.", low=0, high=3)
+    offload_optimizer: bool = setting(False, doc="Keep optimizer state in CPU memory (ZeRO >= 1).")
+    offload_params: bool = setting(False, doc="Keep parameters in CPU memory (ZeRO 3).")
+
+
+@dataclass
+class EvalSection:
+    batch_size: int = setting(64, doc="Evaluation batch size per process.", low=1)
+    max_blocks: int | None = setting(2000, doc="Evaluate on at most this many blocks (null: all).", low=1)
+    mask_seed: int = setting(1234, doc="Seed of the fixed MLM evaluation masks.")
+
+
+@dataclass
+class Recipe:
+    name: str = setting("", doc="Recipe name; empty: <model>-<corpus>.")
+    kind: Literal["pretrain", "finetune"] = setting("pretrain", doc="pretrain (from scratch) or finetune.")
+    smoke: bool = setting(False, doc="A smoke/debug run: recorded but kept off leaderboards.")
+    model: ModelSection = setting(factory=ModelSection, doc="What to train.")
+    tokenizer: TokenizerSection = setting(factory=TokenizerSection, doc="How text becomes tokens.")
+    data: DataSection = setting(factory=DataSection, doc="What to train on.")
+    objective: ObjectiveSection = setting(factory=ObjectiveSection, doc="Training objective.")
+    train: TrainSection = setting(factory=TrainSection, doc="Optimisation.")
+    deepspeed: DeepSpeedSection = setting(factory=DeepSpeedSection, doc="DeepSpeed engine settings.")
+    eval: EvalSection = setting(factory=EvalSection, doc="Evaluation.")
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """A YAML mapping from `path`, or a one-line RecipeError."""
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise RecipeError(f"{path}: no such recipe file") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise RecipeError(f"{path}:{where} not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise RecipeError(f"{path}: a recipe must be a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`train.lr=3e-4` -> (['train', 'lr'], 0.0003); the value is read as YAML."""
+    if "=" not in text:
+        raise RecipeError(f"override {text!r}: expected KEY=VALUE, e.g. train.lr=3e-4")
+    key, value = text.split("=", 1)
+    parts = [p for p in key.strip().split(".") if p]
+    if not parts:
+        raise RecipeError(f"override {text!r}: empty key")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else ""
+    except yaml.YAMLError:
+        parsed = value
+    return parts, parsed
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """A copy of `raw` with each dotted override set (validated later against the schema)."""
+    result = copy.deepcopy(raw)
+    for text in overrides:
+        parts, value = parse_override(text)
+        node = result
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise RecipeError(f"override {text!r}: {part!r} is not a section")
+            node = child
+        node[parts[-1]] = value
+    return result
+
+
+def load_recipe(raw: dict[str, Any], source: str, overrides: list[str] | None = None) -> Recipe:
+    """A validated Recipe from a raw mapping; `source` names the file in error messages."""
+    merged = apply_overrides(raw, overrides or [])
+    return build(Recipe, merged, source)
+
+
+def recipe_file(kind: str, model: str, corpus: str) -> Path | None:
+    """The shipped recipe `recipes/<kind>/<model>-<corpus>.yaml`, if there is one."""
+    candidate = paths.recipes_dir() / kind / f"{model}-{corpus}.yaml"
+    return candidate if candidate.is_file() else None
+
+
+def compose(kind: str, model: str, corpus: str, overrides: list[str] | None = None) -> tuple[Recipe, str]:
+    """The recipe for `zoo <kind> MODEL CORPUS`: the shipped file if any, else registry defaults."""
+    path = recipe_file(kind, model, corpus)
+    if path is not None:
+        raw = read_yaml(path)
+        source = str(path)
+    else:
+        raw = {"kind": kind, "model": {"name": model}, "data": {"corpus": corpus}}
+        if kind == "finetune":
+            raw["model"]["init"] = "pretrained"
+        source = f"<{kind} {model} {corpus}>"
+    raw.setdefault("model", {}).setdefault("name", model)
+    raw.setdefault("data", {}).setdefault("corpus", corpus)
+    if raw["model"]["name"] != model or raw["data"]["corpus"] != corpus:
+        raise RecipeError(f"{source}: recipe is for {raw['model']['name']} on {raw['data']['corpus']}")
+    return load_recipe(raw, source, overrides), source
+
+
+def resolve(recipe: Recipe) -> Recipe:
+    """Fill every blank from the registries so the saved recipe is fully explicit."""
+    from zoo.corpora import get_corpus
+    from zoo.models import find_model_spec
+
+    resolved = copy.deepcopy(recipe)
+    spec = find_model_spec(resolved.model.name)
+    if resolved.data.corpus != "text":
+        get_corpus(resolved.data.corpus)  # unknown corpus: clear error now, before any work
+    elif not resolved.data.paths:
+        raise RecipeError("data.paths: corpus 'text' needs at least one file or glob")
+    if spec is None and resolved.model.init == "scratch":
+        raise ZooError(f"model {resolved.model.name!r} is not in the registry; scratch needs a registry model")
+    if not resolved.tokenizer.name:
+        if spec is not None:
+            resolved.tokenizer.name = spec.tokenizer
+        else:
+            resolved.tokenizer.name = resolved.model.name
+    if not resolved.objective.type:
+        if spec is None:
+            raise RecipeError("objective.type: must be set (mlm or clm) for a model outside the registry")
+        resolved.objective.type = spec.objective
+    if not resolved.name:
+        resolved.name = f"{resolved.model.name.rstrip('/').split('/')[-1]}-{resolved.data.corpus}"
+    o = resolved.objective
+    if o.mask_replace_prob + o.random_replace_prob > 1:
+        raise RecipeError("objective: mask_replace_prob + random_replace_prob must be <= 1")
+    return resolved
+
+
+def recipe_dict(recipe: Recipe) -> dict[str, Any]:
+    return to_dict(recipe)
+
+
+def recipe_yaml(recipe: Recipe) -> str:
+    return yaml.safe_dump(recipe_dict(recipe), sort_keys=False)
+
+
+def recipe_hash(recipe: Recipe | dict[str, Any]) -> str:
+    """A short, stable hash of a (resolved) recipe: same hash, same run."""
+    data = recipe if isinstance(recipe, dict) else recipe_dict(recipe)
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
