@@ -12,18 +12,34 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import Trainer, TrainingArguments, set_seed
+from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
 from zoo import paths
 from zoo.data import (
     BlockDataset,
+    EpochClock,
     FixedMaskDataset,
     MLMCollator,
     MLMMasker,
     block_layout,
     clm_collate,
+    predicted_tokens,
     prepare_splits,
+)
+from zoo.deepspeed import (
+    DEEPSPEED_CONFIG_FILE,
+    RankTerminated,
+    deepspeed_config,
+    is_distributed_launch,
+    is_main_rank,
+    join_launch,
+    note_failure,
+    peer_failures,
+    save_config,
+    shared_from_main,
+    stop_on_sigterm,
+    world_size,
 )
 from zoo.errors import TrainingFailed, ZooError
 from zoo.evaluation import lm_metrics
@@ -67,18 +83,56 @@ def lm_data(recipe: Recipe, tokenizer: Any) -> LMData:
     if recipe.objective.type == "mlm":
         masker = MLMMasker(tokenizer, recipe.objective)
         eval_set: torch.utils.data.Dataset = FixedMaskDataset(eval_blocks, masker, recipe.eval.mask_seed)
-        collate: Any = MLMCollator(masker)
+        collate: Any = MLMCollator(masker, recipe.train.seed, EpochClock())
     else:
         eval_set, collate = eval_blocks, clm_collate
     return LMData(train, eval_set, collate, fingerprint, train_split.tokens, eval_split.tokens)
 
 
+class EpochCallback(TrainerCallback):
+    """Keeps the MLM collator's epoch in step with the Trainer's, also after a resume."""
+
+    def __init__(self, clock: EpochClock) -> None:
+        self.clock = clock
+
+    def on_epoch_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.clock.epoch = int(math.floor((state.epoch or 0.0) + 1e-6))
+
+
 class ZooTrainer(Trainer):
-    """The HF Trainer with token-weighted evaluation and a hard stop on a non-finite loss."""
+    """The HF Trainer with a token-weighted training loss and evaluation, and a hard stop on a non-finite loss."""
 
     def __init__(self, *args: Any, objective: str, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.objective = objective
+        # compute_loss below divides by the predicted tokens of the whole step: have the Trainer count
+        # them over all accumulated micro-batches and all ranks, and not divide by grad_accum again
+        self.model_accepts_loss_kwargs = True
+        self.loss_is_scaled_for_ga = True
+
+    def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
+                     num_items_in_batch: Any = None) -> Any:
+        """This rank's share of the step's loss: its NLL sum / predicted tokens of the step on all ranks.
+
+        The HF Trainer assumes that a model whose forward takes **kwargs divides its loss by
+        `num_items_in_batch`, and multiplies the loss by the number of processes to undo the
+        gradient averaging across ranks. BERT-style MLM heads (zoo's sparse one included) take
+        **kwargs but return a plain mean over their micro-batch, so with N processes the Trainer's
+        loss, logged and back-propagated, came out N times too large (and grad_accum times too large
+        with accumulation). Here the model's micro-batch mean is turned back into a sum and divided
+        by the global count, whatever the model does with loss kwargs; summed over micro-batches and
+        averaged over ranks (the gradient reduction, the logged loss) it is the step's token mean.
+        """
+        outputs = model(**inputs)
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs[0]
+        local = predicted_tokens(inputs["labels"], self.objective)
+        if local == 0:  # nothing to predict here (a model's mean over no tokens is NaN)
+            loss = outputs["logits"].sum() * 0.0
+        elif num_items_in_batch is None:
+            loss = loss / self.current_gradient_accumulation_steps
+        else:
+            loss = loss * (local / num_items_in_batch) * self.accelerator.num_processes
+        return (loss, outputs) if return_outputs else loss
 
     def training_step(self, model: Any, inputs: Any, num_items_in_batch: Any = None) -> torch.Tensor:
         loss = super().training_step(model, inputs, num_items_in_batch)
@@ -137,6 +191,7 @@ def training_arguments(recipe: Recipe, output_dir: Path, deepspeed_config: dict 
         dataloader_num_workers=t.dataloader_workers,
         remove_unused_columns=False,
         report_to=[],
+        include_num_input_tokens_seen="all",  # counted on every rank and summed: tokens_seen, tokens/s
         deepspeed=deepspeed_config,
         use_cpu=not torch.cuda.is_available(),
         **precision_flags(t.precision),
@@ -171,11 +226,10 @@ def run_lm(recipe: Recipe, run_id: str | None = None, resume: bool = False) -> d
 
     With `resume`, `run_id` names a run whose checkpoints/<run_id>/ holds Trainer checkpoints; training
     continues from the newest one. A failure is recorded as status 'failed' with its reason and re-raised.
+    In a multi-process launch every rank calls this; only global rank 0 writes files (zoo.deepspeed).
     """
-    from zoo.deepspeed import deepspeed_config, is_distributed_launch
-
     started, t0 = now_iso(), time.monotonic()
-    run_id = run_id or new_run_id(recipe.name)
+    run_id, started = _agree_on_run(run_id or new_run_id(recipe.name), started)
     output_dir = paths.checkpoints_dir() / run_id
     record_dir = run_dir(recipe.kind, run_id)
     record: dict[str, Any] = {
@@ -186,19 +240,24 @@ def run_lm(recipe: Recipe, run_id: str | None = None, resume: bool = False) -> d
     }
     set_seed(recipe.train.seed)
     trainer: ZooTrainer | None = None
-    main = True
+    main = is_main_rank()
     try:
         tokenizer = load_tokenizer(recipe.tokenizer.name)
         data = lm_data(recipe, tokenizer)
         model = build_model(recipe, tokenizer)
-        use_ds = recipe.deepspeed.enabled or is_distributed_launch()
-        args = training_arguments(recipe, output_dir, deepspeed_config(recipe) if use_ds else None)
-        main = args.process_index == 0
+        ds_config = _engine_config(recipe, model, record_dir if main else None)
+        if ds_config is not None:
+            record["deepspeed_config"] = DEEPSPEED_CONFIG_FILE
+        args = training_arguments(recipe, output_dir, ds_config)
         if main:
             output_dir.mkdir(parents=True, exist_ok=True)
             atomic_write(output_dir / RECIPE_FILE, recipe_yaml(recipe))
         trainer = ZooTrainer(model=model, args=args, train_dataset=data.train, eval_dataset=data.eval,
                              data_collator=data.collate, objective=recipe.objective.type)
+        if isinstance(data.collate, MLMCollator):
+            trainer.add_callback(EpochCallback(data.collate.clock))
+        tokens_at_start = TokensAtStart()
+        trainer.add_callback(tokens_at_start)
         record.update(params=count_parameters(model), data={
             "fingerprint": data.fingerprint, "train_tokens": data.train_tokens, "eval_tokens": data.eval_tokens,
             "train_blocks": len(data.train), "eval_blocks": len(data.eval), "block_size": recipe.data.block_size})
@@ -208,24 +267,27 @@ def run_lm(recipe: Recipe, run_id: str | None = None, resume: bool = False) -> d
         checkpoint = get_last_checkpoint(str(output_dir)) if resume and output_dir.is_dir() else None
         if resume and checkpoint is None:
             raise ZooError(f"--resume: no checkpoint under {output_dir}")
+        record["resumed"] = checkpoint is not None
         record["resumed_from_step"] = int(checkpoint.rsplit("-", 1)[-1]) if checkpoint else None
         t_train = time.monotonic()
         trainer.train(resume_from_checkpoint=checkpoint)
         train_time = time.monotonic() - t_train
         final = trainer.evaluate()
+        trainer.save_model(str(output_dir / "final"))  # every rank: ZeRO-3 gathers the weights; rank 0 writes
         if main:
-            trainer.save_model(str(output_dir / "final"))
             tokenizer.save_pretrained(str(output_dir / "final"))
-        record.update(_summary(trainer, recipe, final, train_time, record["resumed_from_step"]))
+        record.update(_summary(trainer, recipe, final, train_time, tokens_at_start.tokens))
         record.update(status="ok", checkpoint=str(Path("checkpoints") / run_id / "final"))
     except (Exception, KeyboardInterrupt) as exc:
-        reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"{exc.__class__.__name__}: {exc}"
-        record.update(status="failed", reason=reason.splitlines()[0][:500])
+        reason = _failure_reason(exc, output_dir, started)
+        record.update(status="failed", reason=" ".join(reason.split())[:500])
         if trainer is not None:
             record["history"] = history(trainer.state.log_history)
             record["steps"] = trainer.state.global_step
         if main:
             _finish(record, record_dir, recipe, t0)
+        else:
+            note_failure(output_dir, started, record["reason"])
         if isinstance(exc, ZooError):
             raise
         if isinstance(exc, KeyboardInterrupt):
@@ -236,18 +298,58 @@ def run_lm(recipe: Recipe, run_id: str | None = None, resume: bool = False) -> d
     return record
 
 
+class TokensAtStart(TrainerCallback):
+    """Tokens already counted when training starts (non-zero when resumed): throughput counts new ones only."""
+
+    tokens = 0
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.tokens = int(state.num_input_tokens_seen)
+
+
+def _agree_on_run(run_id: str, started: str) -> tuple[str, str]:
+    """In a multi-process launch, rank 0's run id and start time in every rank (ranks start apart)."""
+    if not is_distributed_launch():
+        return run_id, started
+    stop_on_sigterm()
+    try:
+        join_launch()
+    except (RuntimeError, ValueError) as exc:
+        raise ZooError(f"could not join the launch's process group: {exc}") from None
+    return shared_from_main((run_id, started))
+
+
+def _engine_config(recipe: Recipe, model: Any, record_dir: Path | None) -> dict[str, Any] | None:
+    """The DeepSpeed config when DeepSpeed runs (recipe or multi-process launch), saved into `record_dir`."""
+    if not (recipe.deepspeed.enabled or is_distributed_launch()):
+        return None
+    config = deepspeed_config(recipe, world_size(), **precision_flags(recipe.train.precision),
+                              hidden_size=getattr(model.config, "hidden_size", None),
+                              pin_memory=torch.cuda.is_available())
+    if record_dir is not None:
+        save_config(config, record_dir)
+    return config
+
+
+def _failure_reason(exc: BaseException, output_dir: Path, started: str) -> str:
+    """Why the run stopped; in rank 0 of a launch, led by the reasons other ranks left."""
+    own = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"{exc.__class__.__name__}: {exc}"
+    own = own.splitlines()[0]
+    peers = peer_failures(output_dir, started) if is_distributed_launch() and is_main_rank() else []
+    if not peers:
+        return own
+    return "; ".join(peers) + ("" if isinstance(exc, RankTerminated) else f" (rank 0: {own})")
+
+
 def _summary(trainer: ZooTrainer, recipe: Recipe, final: dict[str, float], train_time: float,
-             resumed_from: int | None) -> dict[str, Any]:
+             tokens_at_start: int) -> dict[str, Any]:
     args = trainer.args
-    steps = trainer.state.global_step
-    per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
-    tokens = steps * per_step * recipe.data.block_size
-    new_tokens = (steps - (resumed_from or 0)) * per_step * recipe.data.block_size
+    tokens = int(trainer.state.num_input_tokens_seen)  # every micro-batch of every rank, counted
     train_losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
     return {
-        "steps": steps,
+        "steps": trainer.state.global_step,
         "tokens_seen": tokens,
-        "tokens_per_s": new_tokens / train_time if train_time > 0 else None,
+        "tokens_per_s": (tokens - tokens_at_start) / train_time if train_time > 0 else None,
         "train_time_s": round(train_time, 2),
         "metrics": {
             "eval_loss": final["eval_loss"],
@@ -257,7 +359,8 @@ def _summary(trainer: ZooTrainer, recipe: Recipe, final: dict[str, float], train
         },
         "history": history(trainer.state.log_history),
         "launch": {"world_size": args.world_size, "deepspeed": args.deepspeed is not None,
-                   "zero_stage": recipe.deepspeed.zero_stage if args.deepspeed else None},
+                   "zero_stage": recipe.deepspeed.zero_stage if args.deepspeed else None,
+                   "engine": type(trainer.model_wrapped).__name__},
     }
 
 
@@ -279,4 +382,18 @@ def _finite(value: Any) -> Any:
     return value
 
 
-__all__ = ["run_lm", "find_resumable", "lm_data", "ZooTrainer", "recipe_dict"]
+def evaluate_checkpoint(recipe: Recipe, checkpoint: str) -> dict[str, float]:
+    """Perplexity of a saved checkpoint on the recipe's evaluation set (same blocks, same fixed masks)."""
+    import dataclasses
+
+    from zoo.tokenization import load_tokenizer as load
+
+    tokenizer = load(checkpoint) if (Path(checkpoint) / "tokenizer_config.json").is_file() else load(
+        recipe.tokenizer.name)
+    data = lm_data(recipe, tokenizer)
+    pretrained = dataclasses.replace(recipe, model=dataclasses.replace(recipe.model, name=checkpoint,
+                                                                         init="pretrained", config={}))
+    model = build_model(pretrained, tokenizer)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return lm_metrics(model.to(device), data.eval, data.collate, recipe.eval.batch_size,
+                      recipe.objective.type, device=device)

@@ -6,7 +6,9 @@ import argparse
 from pathlib import Path
 
 from zoo.cli import add_recipe_options
+from zoo.deepspeed import is_main_rank
 from zoo.errors import ZooError
+from zoo.launch import add_launch_options, maybe_relaunch
 from zoo.paths import checkpoints_dir
 from zoo.recipe import Recipe, compose, load_recipe, read_yaml, resolve
 from zoo.records import RECIPE_FILE
@@ -35,7 +37,30 @@ def register(sub: argparse._SubParsersAction) -> None:
                             help="continue a run from its last checkpoint (default: newest run of this recipe)")
         parser.add_argument("--smoke", action="store_true", help="mark the run as a smoke test (off leaderboards)")
         parser.add_argument("--dry-run", action="store_true", help="print the resolved recipe and exit")
+        add_launch_options(parser)
         parser.set_defaults(func=run_command, kind=kind)
+    evaluate = sub.add_parser("eval", help="re-evaluate a run's saved checkpoint (perplexity on its eval set)")
+    evaluate.add_argument("run", help="run id (results/<kind>/<run-id>)")
+    evaluate.add_argument("--data-dir", metavar="DIR", help="local data mirror (default: $ZOO_DATA_DIR)")
+    evaluate.set_defaults(func=eval_command)
+
+
+def eval_command(args: argparse.Namespace) -> int:
+    from zoo.models import pretrained_source
+    from zoo.records import find_run
+    from zoo.train import evaluate_checkpoint
+
+    found = find_run(args.run)
+    if found is None:
+        raise ZooError(f"no run {args.run!r} under results/")
+    record_path, record = found
+    saved = record_path.parent / RECIPE_FILE
+    recipe = resolve(load_recipe(read_yaml(saved), str(saved)))
+    result = evaluate_checkpoint(recipe, pretrained_source(args.run))
+    recorded = record.get("metrics", {}).get("perplexity")
+    print(f"run {args.run}: perplexity {result['perplexity']:.6f}, eval loss {result['loss']:.6f} "
+          f"over {result['tokens']} tokens (recorded: {recorded})")
+    return 0
 
 
 def recipe_from_args(args: argparse.Namespace) -> Recipe:
@@ -73,6 +98,9 @@ def run_command(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(recipe_yaml(recipe), end="")
         return 0
+    launched = maybe_relaunch(args)  # checked recipe, now run it in every rank of the launch
+    if launched is not None:
+        return launched
     from zoo.train import find_resumable, run_lm
 
     if args.resume == "latest":
@@ -80,7 +108,7 @@ def run_command(args: argparse.Namespace) -> int:
         if run_id is None:
             raise ZooError("--resume: no earlier run of this recipe has a checkpoint; run without --resume")
     record = run_lm(recipe, run_id=run_id, resume=bool(args.resume))
-    if record.get("status") == "ok":
+    if record.get("status") == "ok" and is_main_rank():
         m = record["metrics"]
         before = record.get("before")
         change = f" (before fine-tuning {before['perplexity']:.2f})" if before else ""
