@@ -39,7 +39,7 @@ def mirror() -> Path:
 @pytest.fixture
 def text_corpus(tmp_path: Path) -> Path:
     """A small plain-text corpus: 400 blank-line-separated documents of real-ish English."""
-    words = ("the quick brown fox jumps over a lazy dog while seven wizards quietly judge "
+    words = ("the quick brown fox jumps over a lazy dog while seven wizards quietly judge "  # noqa: SIM905
              "boxing matches in the old town square near our house").split()
     docs = []
     for i in range(400):

@@ -15,7 +15,8 @@ from zoo.cli import main
 
 def tiny_args(corpus: Path, model: str, config: dict, *extra: str) -> list[str]:
     return ["pretrain", model, "text", "--smoke", "--set", f"data.paths=[{corpus}]",
-            f"model.config={yaml.safe_dump(config, default_flow_style=True).strip()}", "data.block_size=32", "data.validation_fraction=0.1",
+            f"model.config={yaml.safe_dump(config, default_flow_style=True).strip()}",
+            "data.block_size=32", "data.validation_fraction=0.1",
             "train.batch_size=4", "train.log_every=1", "eval.max_blocks=24", "eval.batch_size=8", *extra]
 
 
@@ -32,7 +33,8 @@ def test_bert_run_writes_a_complete_record_and_reevaluates_exactly(
     record = only_record(isolated)
     assert record["status"] == "ok" and record["smoke"] is True and record["reason"] is None
     assert record["steps"] == 4 and record["tokens_seen"] == 4 * 4 * 32
-    for key in ("params", "tokens_per_s", "wall_time_s", "train_time_s", "recipe_hash", "started_at", "finished_at"):
+    for key in ("params", "tokens_per_s", "wall_time_s", "train_time_s", "recipe_hash", "started_at",
+                "finished_at"):
         assert record[key], key
     metrics = record["metrics"]
     assert metrics["eval_tokens"] > 0 and metrics["perplexity"] == pytest.approx(2.718281828 ** metrics["eval_loss"])

@@ -58,7 +58,9 @@ class ObjectiveSection:
     type: Literal["mlm", "clm", ""] = setting("", doc="mlm (BERT-style, no NSP) or clm; empty: the model's.")
     mlm_probability: float = setting(0.15, doc="Share of tokens selected for MLM prediction.", low=0.01, high=0.9)
     mask_replace_prob: float = setting(0.8, doc="Of selected tokens, share replaced by the mask token.", low=0, high=1)
-    random_replace_prob: float = setting(0.1, doc="Of selected tokens, share replaced by a random token.", low=0, high=1)
+    random_replace_prob: float = setting(
+        0.1, doc="Of selected tokens, share replaced by a random token.", low=0, high=1
+    )
     whole_word_mask: bool = setting(False, doc="Select whole words: all sub-tokens of a word are masked together.")
 
 

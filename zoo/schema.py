@@ -95,9 +95,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     elif tp is str:
         if isinstance(value, str):
             return value
-    elif dataclasses.is_dataclass(tp):
-        if isinstance(value, dict):
-            return build(tp, value, where)
+    elif dataclasses.is_dataclass(tp) and isinstance(value, dict):
+        return build(tp, value, where)
     raise RecipeError(f"{where}: expected {describe(tp)}, got {value!r}")
 
 

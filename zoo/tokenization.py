@@ -84,7 +84,9 @@ def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
         return _finish(AutoTokenizer.from_pretrained(hub_id), None, hub_id)
     except OSError as exc:
         where = (root or Path("$ZOO_DATA_DIR")) / "tokenizers" / short
-        raise DataNotFoundError(f"tokenizer {hub_id!r} could not be loaded ({exc}); or put its files in {where}") from exc
+        raise DataNotFoundError(
+            f"tokenizer {hub_id!r} could not be loaded ({exc}); or put its files in {where}"
+        ) from exc
 
 
 def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
