@@ -19,6 +19,9 @@ from zoo.errors import ZooError
 COMMAND_MODULES = [
     "zoo.commands.lm",
     "zoo.commands.catalog",
+    "zoo.commands.glue",
+    "zoo.commands.infer",
+    "zoo.commands.leaderboard",
 ]
 
 

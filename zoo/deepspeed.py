@@ -1,33 +1,160 @@
-"""The recipe's `deepspeed` section as a DeepSpeed config; launch detection."""
+"""The recipe's `deepspeed` section as an explicit DeepSpeed config; the ranks of a multi-process launch.
+
+Every number in the generated config is derived from the recipe's `train` section and the launch's
+world size, so nothing is written twice and the HF integration has no "auto" left to fill or to
+mismatch. The optimizer and learning-rate schedule are deliberately absent: the Trainer builds them
+from `train` (lr, warm-up, schedule, weight decay) and hands them to DeepSpeed, so there is one
+optimizer definition whichever engine runs. The config is saved as `deepspeed.json` beside the run
+record; `zoo <kind> --recipe recipe.yaml` with the same number of processes regenerates it.
+
+In a launch (see zoo.launch) every rank runs the same command; only global rank 0 prints and writes
+records and tables. The ranks agree on the run id through rank 0, and fail together: a rank that
+fails leaves a one-line note beside the checkpoints, the launcher stops the others (SIGTERM, turned
+into `RankTerminated` here), and rank 0 writes the failed record with the failing rank's reason.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import signal
+from pathlib import Path
 from typing import Any
 
 from zoo.recipe import Recipe
+from zoo.records import atomic_write
+
+DEEPSPEED_CONFIG_FILE = "deepspeed.json"
+
+
+def world_size() -> int:
+    """Processes in this launch (1 when not launched by the deepspeed launcher or torchrun)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def is_distributed_launch() -> bool:
     """True inside a process started by the deepspeed launcher or torchrun with several ranks."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return world_size() > 1
 
 
-def deepspeed_config(recipe: Recipe) -> dict[str, Any]:
-    """DeepSpeed config for the HF integration; batch, accumulation, clipping and precision come from
-    `train` through the Trainer's "auto" values, so no number is written twice."""
+def is_main_rank() -> bool:
+    """True in the one process that prints, writes records, checkpoints and tables (global rank 0)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def zero_section(recipe: Recipe, hidden_size: int | None, pin_memory: bool) -> dict[str, Any]:
+    """`zero_optimization`: the stage, CPU offload, and for ZeRO-3 the buckets sized to the model."""
     ds = recipe.deepspeed
     zero: dict[str, Any] = {"stage": ds.zero_stage}
     if ds.offload_optimizer and ds.zero_stage >= 1:
-        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": False}
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": pin_memory}
     if ds.offload_params and ds.zero_stage == 3:
-        zero["offload_param"] = {"device": "cpu", "pin_memory": False}
+        zero["offload_param"] = {"device": "cpu", "pin_memory": pin_memory}
+    if ds.zero_stage == 3:  # gather the split weights when saving, so `final/` is a plain HF model directory
+        zero["stage3_gather_16bit_weights_on_model_save"] = True
+    if ds.zero_stage == 3 and hidden_size:
+        # the values the HF integration would fill for "auto", computed here so the saved file is complete
+        zero.update(reduce_bucket_size=hidden_size * hidden_size,
+                    stage3_prefetch_bucket_size=int(0.9 * hidden_size * hidden_size),
+                    stage3_param_persistence_threshold=10 * hidden_size)
+    return zero
+
+
+def deepspeed_config(recipe: Recipe, world: int, bf16: bool, fp16: bool, hidden_size: int | None = None,
+                     pin_memory: bool = False) -> dict[str, Any]:
+    """The DeepSpeed config for `recipe` run by `world` processes with the resolved precision flags."""
+    t = recipe.train
     return {
-        "train_micro_batch_size_per_gpu": "auto",
-        "gradient_accumulation_steps": "auto",
-        "train_batch_size": "auto",
-        "gradient_clipping": "auto",
-        "bf16": {"enabled": "auto"},
-        "fp16": {"enabled": "auto"},
-        "zero_optimization": zero,
+        "train_micro_batch_size_per_gpu": t.batch_size,
+        "gradient_accumulation_steps": t.grad_accum,
+        "train_batch_size": t.batch_size * t.grad_accum * world,
+        "gradient_clipping": t.max_grad_norm,
+        "bf16": {"enabled": bf16},
+        "fp16": {"enabled": fp16},
+        "zero_optimization": zero_section(recipe, hidden_size, pin_memory),
+        "steps_per_print": 10**9,  # zoo logs the loss itself (train.log_every); keep DeepSpeed quiet
+        "wall_clock_breakdown": False,
     }
+
+
+def save_config(config: dict[str, Any], directory: Path) -> Path:
+    """Write `deepspeed.json` into a run's record directory; returns its path."""
+    path = directory / DEEPSPEED_CONFIG_FILE
+    atomic_write(path, json.dumps(config, indent=2) + "\n")
+    return path
+
+
+# --------------------------------------------------------------------------- ranks of a launch
+
+
+class RankTerminated(Exception):
+    """This rank was told to stop (SIGTERM), normally by the launcher after another rank failed."""
+
+
+def stop_on_sigterm() -> None:
+    """Turn SIGTERM into an exception, so that rank 0 still records why the run stopped."""
+
+    def handler(signum: int, frame: Any) -> None:
+        raise RankTerminated("stopped by the launcher (SIGTERM): another process of the launch failed or was stopped")
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def ignore_sigterm() -> None:
+    """While a failure is being recorded: the launcher's SIGTERM must not cut the record short."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def as_single_rank() -> None:
+    """Make a process started without a launcher a 1-process launch, as DeepSpeed needs (else it looks for MPI)."""
+    if "RANK" in os.environ:
+        return
+    from zoo.launch import free_port
+
+    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(free_port()))
+
+
+def join_launch() -> None:
+    """Join the launch's process group now (DeepSpeed's backend: nccl on GPUs, gloo on CPU); idempotent."""
+    import deepspeed
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    deepspeed.init_distributed(verbose=False)
+
+
+def shared_from_main(value: Any) -> Any:
+    """`value` as global rank 0 has it, in every rank (a picklable object)."""
+    import torch.distributed as dist
+
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def failure_note_path(directory: Path, rank: int) -> Path:
+    return directory / f"failed-rank{rank}.json"
+
+
+def note_failure(directory: Path, started: str, reason: str) -> None:
+    """A non-zero rank's reason for failing, for rank 0 to put in the record."""
+    rank = int(os.environ.get("RANK", "0"))
+    with contextlib.suppress(OSError):  # a note is a courtesy; the launcher fails the run anyway
+        atomic_write(failure_note_path(directory, rank), json.dumps({"started": started, "rank": rank,
+                                                                      "reason": reason}))
+
+
+def peer_failures(directory: Path, started: str) -> list[str]:
+    """'rank N: reason' for every other rank that failed in this run (notes of earlier runs are ignored)."""
+    found = []
+    for path in sorted(directory.glob("failed-rank*.json")):
+        try:
+            note = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if note.get("started") == started:
+            found.append(f"rank {note['rank']}: {note['reason']}")
+    return found

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -12,15 +13,16 @@ from transformers import (
     AutoModelForMaskedLM,
     BertForMaskedLM,
     DistilBertForMaskedLM,
+    GPT2LMHeadModel,
     PreTrainedModel,
     RobertaForMaskedLM,
 )
-from transformers.modeling_outputs import MaskedLMOutput
+from transformers.modeling_outputs import CausalLMOutputWithCrossAttentions, MaskedLMOutput
+from transformers.models.roberta.modeling_roberta import gelu as roberta_gelu
 
 from zoo.errors import ZooError
 from zoo.models import find_model_spec, pretrained_source
 from zoo.recipe import Recipe
-
 
 # --------------------------------------------------------------------------- sparse MLM prediction
 # An MLM loss only needs the vocabulary projection at the ~15% masked positions. The classes below
@@ -29,28 +31,112 @@ from zoo.recipe import Recipe
 # those of the standard class; without labels, the standard dense forward runs.
 
 
-def _base_and_head(model: PreTrainedModel) -> tuple[torch.nn.Module, Any]:
+def _prediction_head(model: PreTrainedModel) -> tuple[torch.nn.Module, Callable[[torch.Tensor], torch.Tensor],
+                                                       torch.nn.Linear]:
+    """(encoder, transform before the vocabulary projection, the projection) of an MLM model."""
     if isinstance(model, BertForMaskedLM):
-        return model.bert, model.cls.predictions
+        return model.bert, model.cls.predictions.transform, model.cls.predictions.decoder
     if isinstance(model, RobertaForMaskedLM):
-        return model.roberta, model.lm_head
+        head = model.lm_head
+        return model.roberta, lambda x: head.layer_norm(roberta_gelu(head.dense(x))), head.decoder
     if isinstance(model, DistilBertForMaskedLM):
-        def distilbert_head(hidden: torch.Tensor) -> torch.Tensor:
-            hidden = model.vocab_layer_norm(model.activation(model.vocab_transform(hidden)))
-            return model.vocab_projector(hidden)
+        def distilbert_transform(hidden: torch.Tensor) -> torch.Tensor:
+            return model.vocab_layer_norm(model.activation(model.vocab_transform(hidden)))
 
-        return model.distilbert, distilbert_head
+        return model.distilbert, distilbert_transform, model.vocab_projector
     raise TypeError(f"no sparse MLM head for {type(model).__name__}")
 
 
+class _Workspace:
+    """One reusable float32 buffer for the logits of LinearCrossEntropy.
+
+    The logits of a BERT batch are ~150 MB; a fresh tensor of that size is a fresh mmap whose pages
+    the kernel faults in and zeroes on every step, which costs as much as the softmax itself on CPU.
+    A buffer is lent out by `take` and handed back by `give` once its backward has run; a forward that
+    finds the buffer lent (two forwards before a backward) simply allocates its own.
+    """
+
+    def __init__(self) -> None:
+        self.free: torch.Tensor | None = None
+
+    def take(self, rows: int, cols: int, like: torch.Tensor) -> torch.Tensor:
+        buffer, self.free = self.free, None
+        if buffer is None or buffer.numel() < rows * cols or buffer.device != like.device:
+            buffer = torch.empty(int(rows * 1.25) * cols, dtype=torch.float32, device=like.device)
+        return buffer[: rows * cols].view(rows, cols)
+
+    def give(self, logits: torch.Tensor) -> None:
+        self.free = logits._base if logits._base is not None else logits
+
+
+_WORKSPACE = _Workspace()
+
+
+class LinearCrossEntropy(torch.autograd.Function):
+    """Mean cross-entropy of `hidden @ weight.T + bias` against `target`, fused with its gradient.
+
+    Same value and gradients as `F.cross_entropy(F.linear(hidden, weight, bias), target)` (float
+    tolerance), with fewer passes over the (rows x vocabulary) logits, which dominate a small LM's step:
+    the bias rides in the matrix product as an extra column, the softmax is left unnormalised and the
+    1/sum and the one-hot term are applied to the small (rows x hidden) operands instead of the logits.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                target: torch.Tensor) -> torch.Tensor:
+        rows, width = hidden.shape
+        if bias is not None:
+            hidden = torch.cat([hidden, hidden.new_ones(rows, 1)], dim=1)
+            weight = torch.cat([weight, bias[:, None]], dim=1)
+        exp = torch.mm(hidden, weight.t(), out=_WORKSPACE.take(rows, weight.shape[0], hidden))
+        target_logit = exp.gather(1, target[:, None]).squeeze(1)
+        shift = exp.amax(dim=1, keepdim=True)
+        sums = exp.sub_(shift).exp_().sum(dim=1)
+        loss = (sums.log() + shift.squeeze(1) - target_logit).mean()
+        if any(ctx.needs_input_grad):
+            ctx.save_for_backward(hidden, weight, target, exp, sums)
+            ctx.width, ctx.has_bias = width, bias is not None
+        else:
+            _WORKSPACE.give(exp)
+        return loss
+
+    @staticmethod
+    def backward(ctx: Any, grad_loss: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        hidden, weight, target, exp, sums = ctx.saved_tensors  # with the bias column when there is one
+        width, scale = ctx.width, grad_loss / hidden.shape[0]
+        # d loss / d logits = (exp / sums - onehot(target)) * scale, never formed: folded into the products
+        grad_hidden = (exp @ weight[:, :width]).div_(sums[:, None]).sub_(weight[target, :width]).mul_(scale)
+        grad_weight = (hidden / sums[:, None]).t().mm(exp).t()  # (vocab, width [+ 1 for the bias])
+        _WORKSPACE.give(exp)
+        grad_weight.index_add_(0, target, hidden, alpha=-1.0)
+        grad_bias = grad_weight[:, width] * scale if ctx.has_bias else None
+        grad_weight = torch.mul(grad_weight[:, :width], scale, out=torch.empty_like(weight[:, :width]))
+        return grad_hidden, grad_weight, grad_bias, None
+
+
+def _fused_loss_applies(decoder: torch.nn.Linear) -> bool:
+    """The fused loss is used in float32 without autocast (the CPU default), where it was measured."""
+    weight = decoder.weight
+    return weight.dtype == torch.float32 and not torch.is_autocast_enabled(weight.device.type)
+
+
 def sparse_mlm_forward(model: PreTrainedModel, labels: torch.Tensor, **inputs: Any) -> MaskedLMOutput:
-    """Encoder over all positions, prediction head and loss only where labels != -100."""
-    base, head = _base_and_head(model)
+    """Encoder over all positions, prediction head and loss only where labels != -100.
+
+    In float32 the loss is fused with the vocabulary projection (LinearCrossEntropy) and no logits
+    are returned; otherwise the logits of the selected positions are.
+    """
+    base, transform, decoder = _prediction_head(model)
     hidden = base(**inputs, return_dict=True).last_hidden_state
     selected = labels != -100
-    logits = head(hidden[selected])
-    loss = F.cross_entropy(logits.float(), labels[selected]) if logits.numel() else hidden.sum() * 0.0
-    return MaskedLMOutput(loss=loss, logits=logits)
+    if not bool(selected.any()):
+        return MaskedLMOutput(loss=hidden.sum() * 0.0, logits=hidden.new_zeros(0, decoder.out_features))
+    hidden = transform(hidden[selected])
+    if _fused_loss_applies(decoder):
+        loss = LinearCrossEntropy.apply(hidden, decoder.weight, decoder.bias, labels[selected])
+        return MaskedLMOutput(loss=loss)
+    logits = decoder(hidden)
+    return MaskedLMOutput(loss=F.cross_entropy(logits.float(), labels[selected]), logits=logits)
 
 
 def _sparse_class(dense: type[PreTrainedModel]) -> type[PreTrainedModel]:
@@ -68,6 +154,43 @@ def _sparse_class(dense: type[PreTrainedModel]) -> type[PreTrainedModel]:
 
 SPARSE_MLM = {cls.config_class.model_type: _sparse_class(cls)
               for cls in (BertForMaskedLM, RobertaForMaskedLM, DistilBertForMaskedLM)}
+
+
+# --------------------------------------------------------------------------- fused CLM loss
+# A causal LM predicts every position, so nothing can be skipped; the fused loss still saves the
+# passes over (and the page faults of) the (tokens x vocabulary) logits and their gradient.
+
+_CLM_INPUTS = {"attention_mask", "position_ids", "token_type_ids"}
+
+
+def fused_clm_forward(model: PreTrainedModel, input_ids: torch.Tensor, labels: torch.Tensor,
+                      **inputs: Any) -> CausalLMOutputWithCrossAttentions:
+    """Next-token loss (mean over labels != -100 after the shift, as HF's) through LinearCrossEntropy."""
+    hidden = model.transformer(input_ids=input_ids, use_cache=False, return_dict=True, **inputs).last_hidden_state
+    targets = labels[:, 1:]
+    selected = targets != -100
+    if not bool(selected.any()):
+        empty = hidden.new_zeros(0, model.lm_head.out_features)
+        return CausalLMOutputWithCrossAttentions(loss=hidden.sum() * 0.0, logits=empty)
+    head = model.lm_head
+    loss = LinearCrossEntropy.apply(hidden[:, :-1][selected], head.weight, head.bias, targets[selected])
+    return CausalLMOutputWithCrossAttentions(loss=loss)
+
+
+def _fused_clm_class(dense: type[PreTrainedModel]) -> type[PreTrainedModel]:
+    def forward(self: PreTrainedModel, input_ids: Any = None, labels: Any = None, **inputs: Any) -> Any:
+        inputs = {k: v for k, v in inputs.items() if v is not None and k != "return_dict"}
+        if labels is None or input_ids is None or not set(inputs) <= _CLM_INPUTS or not _fused_loss_applies(
+                self.lm_head):
+            return dense.forward(self, input_ids=input_ids, labels=labels, **inputs)
+        return fused_clm_forward(self, input_ids, labels, **inputs)
+
+    # the parent's name, as for SPARSE_MLM: checkpoints stay plain `GPT2LMHeadModel` directories
+    return type(dense.__name__, (dense,), {"forward": forward, "__module__": __name__,
+                                           "__doc__": f"{dense.__name__} with a fused next-token loss."})
+
+
+FUSED_CLM = {cls.config_class.model_type: _fused_clm_class(cls) for cls in (GPT2LMHeadModel,)}
 
 
 def scratch_config(recipe: Recipe, vocab_size: int, tokenizer: Any) -> Any:
@@ -88,10 +211,9 @@ def scratch_config(recipe: Recipe, vocab_size: int, tokenizer: Any) -> Any:
 
 
 def _model_class(auto: Any, model_type: str) -> Any:
-    """The sparse-MLM class where one exists for an MLM model, else the Auto class."""
-    if auto is AutoModelForMaskedLM and model_type in SPARSE_MLM:
-        return SPARSE_MLM[model_type]
-    return auto
+    """The sparse-MLM or fused-CLM class where one exists for the model type, else the Auto class."""
+    fast = SPARSE_MLM if auto is AutoModelForMaskedLM else FUSED_CLM
+    return fast.get(model_type, auto)
 
 
 def build_model(recipe: Recipe, tokenizer: Any) -> PreTrainedModel:

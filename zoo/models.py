@@ -6,10 +6,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from transformers import PretrainedConfig
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
 from zoo import paths
 from zoo.errors import DataNotFoundError, ZooError
 
 Objective = Literal["mlm", "clm"]
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json")
 
 
 @dataclass(frozen=True)
@@ -123,6 +127,24 @@ def pretrained_source(name_or_path: str) -> str:
             f"in {root / 'models' / hub_id} or pass a checkpoint directory"
         )
     return hub_id
+
+
+def objective_of(config: PretrainedConfig) -> Objective | None:
+    """mlm or clm from a saved config: its head class (`architectures`), else its model type."""
+    for architecture in config.architectures or []:
+        if architecture.endswith("ForMaskedLM"):
+            return "mlm"
+        if architecture.endswith(("ForCausalLM", "LMHeadModel")):
+            return "clm"
+    if config.architectures:
+        return None  # a task head (e.g. ForSequenceClassification): no language-model head
+    if config.model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES and not getattr(config, "is_decoder", False):
+        return "mlm"
+    return "clm" if config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES else None
+
+
+def has_tokenizer_files(directory: Path) -> bool:
+    return directory.is_dir() and any((directory / name).is_file() for name in TOKENIZER_FILES)
 
 
 def count_parameters(model: Any) -> int:

@@ -209,11 +209,10 @@ def resolve(recipe: Recipe) -> Recipe:
         raise RecipeError("data.paths: corpus 'text' needs at least one file or glob")
     if spec is None and resolved.model.init == "scratch":
         raise ZooError(f"model {resolved.model.name!r} is not in the registry; scratch needs a registry model")
+    if spec is None:
+        _resolve_from_checkpoint(resolved)
     if not resolved.tokenizer.name:
-        if spec is not None:
-            resolved.tokenizer.name = spec.tokenizer
-        else:
-            resolved.tokenizer.name = resolved.model.name
+        resolved.tokenizer.name = spec.tokenizer if spec else resolved.model.name
     if not resolved.objective.type:
         if spec is None:
             raise RecipeError("objective.type: must be set (mlm or clm) for a model outside the registry")
@@ -224,6 +223,21 @@ def resolve(recipe: Recipe) -> Recipe:
     if o.mask_replace_prob + o.random_replace_prob > 1:
         raise RecipeError("objective: mask_replace_prob + random_replace_prob must be <= 1")
     return resolved
+
+
+def _resolve_from_checkpoint(recipe: Recipe) -> None:
+    """A zoo run id, checkpoint directory or hub id: take its tokenizer and objective from what it saved."""
+    from zoo.models import has_tokenizer_files, objective_of, pretrained_source
+
+    source = Path(pretrained_source(recipe.model.name))
+    if not source.is_dir():
+        return  # a hub id: its tokenizer is its own name; the objective must be given
+    if not recipe.tokenizer.name and has_tokenizer_files(source):
+        recipe.tokenizer.name = recipe.model.name
+    if not recipe.objective.type and (source / "config.json").is_file():
+        from transformers import AutoConfig
+
+        recipe.objective.type = objective_of(AutoConfig.from_pretrained(source)) or ""
 
 
 def recipe_dict(recipe: Recipe) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from transformers import (
+    AddedToken,
     AutoTokenizer,
     BertTokenizerFast,
     GPT2TokenizerFast,
@@ -45,8 +46,11 @@ def _load_from_dir(directory: Path) -> PreTrainedTokenizerBase:
         return BertTokenizerFast.from_pretrained(str(directory))
     if (directory / "vocab.json").is_file() and (directory / "merges.txt").is_file():
         vocab = json.loads((directory / "vocab.json").read_text(encoding="utf-8"))
-        cls = RobertaTokenizerFast if "<mask>" in vocab else GPT2TokenizerFast
-        return cls.from_pretrained(str(directory))
+        if "<mask>" in vocab:
+            # as on the hub: the mask absorbs the space before it ("is <mask>" -> "Ġis", "<mask>")
+            mask = AddedToken("<mask>", lstrip=True, rstrip=False, normalized=False, special=True)
+            return RobertaTokenizerFast.from_pretrained(str(directory), mask_token=mask)
+        return GPT2TokenizerFast.from_pretrained(str(directory))
     raise ZooError(f"{directory}: no tokenizer files (tokenizer.json, vocab.txt or vocab.json+merges.txt)")
 
 
@@ -67,6 +71,9 @@ def _finish(tokenizer: PreTrainedTokenizerBase, expected: int | None, where: str
 def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
     """A fast tokenizer for a directory, a mirror name (`tokenizers/<name>/`) or a hub id."""
     local = Path(name_or_path).expanduser()
+    run_checkpoint = paths.checkpoints_dir() / name_or_path / "final"
+    if not local.is_dir() and run_checkpoint.is_dir():  # a zoo run id
+        local = run_checkpoint
     if local.is_dir():
         return _finish(_load_from_dir(local), _vocab_file_size(local), str(local))
     root = paths.data_dir()

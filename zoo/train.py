@@ -30,7 +30,9 @@ from zoo.data import (
 from zoo.deepspeed import (
     DEEPSPEED_CONFIG_FILE,
     RankTerminated,
+    as_single_rank,
     deepspeed_config,
+    ignore_sigterm,
     is_distributed_launch,
     is_main_rank,
     join_launch,
@@ -105,10 +107,18 @@ class ZooTrainer(Trainer):
     def __init__(self, *args: Any, objective: str, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.objective = objective
-        # compute_loss below divides by the predicted tokens of the whole step: have the Trainer count
-        # them over all accumulated micro-batches and all ranks, and not divide by grad_accum again
-        self.model_accepts_loss_kwargs = True
-        self.loss_is_scaled_for_ga = True
+        self.loss_is_scaled_for_ga = True  # compute_loss divides by the whole step's tokens, not per micro-batch
+
+    def _get_num_items_in_batch(self, batch_samples: list, device: Any) -> torch.Tensor:
+        """Predicted tokens of one optimizer step: all its micro-batches, summed over all ranks.
+
+        Counted with zoo's own rule (CLM predicts positions 1..n) rather than the Trainer's, which
+        only shifts for models whose `loss_type` it recognises (this GPT-2 has none: it counted
+        n per block instead of n-1, scaling the CLM loss by (n-1)/n).
+        """
+        count = sum(predicted_tokens(batch["labels"], self.objective) for batch in batch_samples)
+        total = torch.tensor(count, dtype=torch.long, device=device)
+        return self.accelerator.gather(total).sum() if self.args.world_size > 1 else total
 
     def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
                      num_items_in_batch: Any = None) -> Any:
@@ -128,7 +138,7 @@ class ZooTrainer(Trainer):
         local = predicted_tokens(inputs["labels"], self.objective)
         if local == 0:  # nothing to predict here (a model's mean over no tokens is NaN)
             loss = outputs["logits"].sum() * 0.0
-        elif num_items_in_batch is None:
+        elif num_items_in_batch is None:  # called outside the training loop: a plain micro-batch mean
             loss = loss / self.current_gradient_accumulation_steps
         else:
             loss = loss * (local / num_items_in_batch) * self.accelerator.num_processes
@@ -279,6 +289,8 @@ def run_lm(recipe: Recipe, run_id: str | None = None, resume: bool = False) -> d
         record.update(_summary(trainer, recipe, final, train_time, tokens_at_start.tokens))
         record.update(status="ok", checkpoint=str(Path("checkpoints") / run_id / "final"))
     except (Exception, KeyboardInterrupt) as exc:
+        if is_distributed_launch():
+            ignore_sigterm()
         reason = _failure_reason(exc, output_dir, started)
         record.update(status="failed", reason=" ".join(reason.split())[:500])
         if trainer is not None:
@@ -323,6 +335,7 @@ def _engine_config(recipe: Recipe, model: Any, record_dir: Path | None) -> dict[
     """The DeepSpeed config when DeepSpeed runs (recipe or multi-process launch), saved into `record_dir`."""
     if not (recipe.deepspeed.enabled or is_distributed_launch()):
         return None
+    as_single_rank()
     config = deepspeed_config(recipe, world_size(), **precision_flags(recipe.train.precision),
                               hidden_size=getattr(model.config, "hidden_size", None),
                               pin_memory=torch.cuda.is_available())

@@ -1,0 +1,365 @@
+"""Leaderboards: golden tables from fixed records, README markers, --check, failed/smoke runs, links, plots.
+
+The fixed records below are written as run.json + recipe.yaml files, the way `zoo pretrain` and
+`zoo glue` write them (the recipes are real resolved recipes), with fixed timings and hardware so the
+markdown is deterministic. The expected markdown lives in tests/golden/; after an intended change of
+the tables, regenerate it with
+
+    ZOO_UPDATE_GOLDEN=1 python -m pytest -q tests/test_leaderboard.py
+
+and review the diff of tests/golden/ before committing it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from zoo import leaderboard as lb
+from zoo.cli import main
+from zoo.glue.recipe import cell_recipe, glue_recipe_hash, glue_recipe_yaml, load_glue_recipe, single_cell
+from zoo.recipe import compose, recipe_yaml, resolve
+
+GOLDEN = Path(__file__).parent / "golden"
+REPO = Path(__file__).resolve().parents[1]
+UPDATE = os.environ.get("ZOO_UPDATE_GOLDEN") == "1"
+ENVIRONMENT = {"hardware": {"device": "NVIDIA H200", "gpus": 1}, "versions": {"zoo": "0.1.0"},
+               "git": {"commit": "0" * 40, "dirty": False}}
+CPU = {"hardware": {"device": "CPU x2", "gpus": 0}, "versions": {"zoo": "0.1.0"}, "git": {"commit": None}}
+TINY_RUN = "bert-tiny-wikipedia-20250101-000000"
+README_TEMPLATE = ("# project\r\n\r\nSome text with trailing spaces   \r\n\n## Model zoo\n\n### Pretraining\n\n"
+                   "<!-- zoo:leaderboard:pretrain:start -->\nold table\n<!-- zoo:leaderboard:pretrain:end -->\n\n"
+                   "### GLUE\n\n<!-- zoo:leaderboard:glue:start --><!-- zoo:leaderboard:glue:end -->\n\nünïcode tail")
+
+
+def write_run(root: Path, kind: str, run_id: str, record: dict[str, Any], recipe_text: str) -> Path:
+    directory = root / kind / run_id
+    directory.mkdir(parents=True)
+    (directory / "recipe.yaml").write_text(recipe_text)
+    (directory / "run.json").write_text(json.dumps({"run_id": run_id, "kind": kind, **record}, indent=2))
+    return directory
+
+
+def lm_recipe(kind: str, model: str, corpus: str, max_steps: int, name: str = "") -> str:
+    overrides = [f"train.max_steps={max_steps}"] + ([f"name={name}"] if name else [])
+    return recipe_yaml(resolve(compose(kind, model, corpus, overrides)[0]))
+
+
+def curve(losses: list[float], eval_losses: list[float]) -> list[dict[str, Any]]:
+    train = [{"step": 100 * (i + 1), "loss": loss, "learning_rate": 1e-4} for i, loss in enumerate(losses)]
+    evals = [{"step": 200 * (i + 1), "eval_loss": loss, "eval_perplexity": 2.718 ** loss}
+             for i, loss in enumerate(eval_losses)]
+    return train + evals
+
+
+def lm_record(model: str, corpus: str, objective: str, **fields: Any) -> dict[str, Any]:
+    record = {"name": f"{model}-{corpus}", "status": "ok", "reason": None, "smoke": False, "model": model,
+              "corpus": corpus, "objective": objective, "params": 4386178, "steps": 2000, "tokens_seen": 16384000,
+              "tokens_per_s": 52000.0, "train_time_s": 315.0, "wall_time_s": 342.6,
+              "metrics": {"eval_loss": 3.8214, "perplexity": 45.672, "eval_tokens": 250000, "train_loss": 3.9},
+              "history": curve([6.1, 4.9, 4.2, 3.9], [4.4, 3.82]),
+              "launch": {"world_size": 1, "deepspeed": False, "zero_stage": None}, "environment": ENVIRONMENT}
+    record.update(fields)
+    return record
+
+
+def write_lm_runs(root: Path) -> None:
+    write_run(root, "pretrain", TINY_RUN, lm_record("bert-tiny", "wikipedia", "mlm"),
+              lm_recipe("pretrain", "bert-tiny", "wikipedia", 2000))
+    write_run(root, "pretrain", "gpt2-mini-wikipedia-20250102-000000",
+              lm_record("gpt2-mini", "wikipedia", "clm", params=11_470_080, tokens_seen=2_621_440_000,
+                        wall_time_s=11100.4, metrics={"eval_loss": 4.7931, "perplexity": 120.68},
+                        launch={"world_size": 4, "deepspeed": True, "zero_stage": 2}),
+              lm_recipe("pretrain", "gpt2-mini", "wikipedia", 20000))
+    # failed: its leftover metrics must never show as a score
+    write_run(root, "pretrain", "bert-mini-wikipedia-20250103-000000",
+              lm_record("bert-mini", "wikipedia", "mlm", status="failed", params=11_170_560, tokens_seen=None,
+                        reason="NonFiniteLoss: training loss became nan at step 120",
+                        metrics={"eval_loss": 1.2345, "perplexity": 3.4567}, history=curve([6.0, 9.5], [])),
+              lm_recipe("pretrain", "bert-mini", "wikipedia", 2000))
+    # smoke twice over: marked smoke, and a 5-step recipe; their (too good) numbers must stay hidden
+    write_run(root, "pretrain", "bert-tiny-wikipedia-20250104-000000",
+              lm_record("bert-tiny", "wikipedia", "mlm", smoke=True, metrics={"eval_loss": 0.1, "perplexity": 1.11}),
+              lm_recipe("pretrain", "bert-tiny", "wikipedia", 2000))
+    write_run(root, "pretrain", "bert-tiny-imdb-20250105-000000",
+              lm_record("bert-tiny", "imdb", "mlm", metrics={"eval_loss": 0.2, "perplexity": 1.22}),
+              lm_recipe("pretrain", "bert-tiny", "imdb", 5))
+    write_run(root, "pretrain", "bert-tiny-wwm-20250106-000000",
+              lm_record("bert-tiny", "imdb", "mlm", name="bert-tiny-wwm", wall_time_s=59.4, environment=CPU,
+                        metrics={"eval_loss": 3.1001, "perplexity": 22.2}),
+              lm_recipe("pretrain", "bert-tiny", "imdb", 500, name="bert-tiny-wwm"))
+    write_run(root, "finetune", "distilgpt2-wikitext-2-20250107-000000",
+              lm_record("distilgpt2", "wikitext-2", "clm", kind="finetune", params=81_912_576,
+                        before={"eval_loss": 4.1, "perplexity": 60.34},
+                        metrics={"eval_loss": 3.5612, "perplexity": 35.2}),
+              lm_recipe("finetune", "distilgpt2", "wikitext-2", 1000))
+
+
+def glue_cell(root: Path, model: str, task: str, batch_size: int, lr: float, seed: int, dev: dict[str, float],
+              status: str = "ok", smoke: bool = False) -> Path:
+    recipe = cell_recipe(load_glue_recipe(overrides=[f"model.name={model}"]), task, batch_size, lr, seed)
+    recipe.smoke = smoke
+    ok = status == "ok"
+    record = {
+        "kind": "glue", "model": model, "model_tag": model, "task": task, "status": status,
+        "reason": None if ok else "RuntimeError: CUDA out of memory", "smoke": smoke,
+        "recipe_hash": glue_recipe_hash(recipe), "recipe": "recipe.yaml",
+        "hparams": {"batch_size": batch_size, "lr": lr, "epochs": 4.0, "seed": seed},
+        "epochs": [{"epoch": 4.0, "dev": dev, "train_loss": 0.5}] if ok else [],
+        "metrics": {"dev": dev if ok else {}, "score": sum(dev.values()) / len(dev) if ok else None},
+        "params": 4386178, "wall_time_s": 60.0, "environment": ENVIRONMENT,
+    }
+    run_id = f"bs{batch_size}-lr{lr:.0e}-s{seed}"
+    return write_run(root / "glue" / model, task, run_id, record, glue_recipe_yaml(recipe))
+
+
+def write_glue_cells(root: Path) -> None:
+    cola = {(16, 1e-4): 0.151, (16, 5e-5): 0.123, (32, 1e-4): None, (32, 5e-5): 0.151}  # tie: bs 16 wins
+    for (bs, lr), mcc in cola.items():
+        glue_cell(root, TINY_RUN, "cola", bs, lr, 42, {"mcc": mcc or 0.0}, status="ok" if mcc else "failed")
+    mrpc = {(16, 1e-4, 42): (0.80, 0.70), (16, 5e-5, 42): (0.83, 0.73), (16, 5e-5, 43): (0.79, 0.69),
+            (32, 1e-4, 42): (0.812, 0.711), (32, 5e-5, 42): (0.75, 0.66)}  # (16, 5e-5) averages 81.0/71.0
+    for (bs, lr, seed), (f1, acc) in mrpc.items():
+        glue_cell(root, TINY_RUN, "mrpc", bs, lr, seed, {"f1": f1, "accuracy": acc})
+    glue_cell(root, TINY_RUN, "rte", 16, 1e-4, 42, {"accuracy": 0.99}, smoke=True)
+    for bs in (16, 32):  # a registry model whose every RTE cell failed
+        glue_cell(root, "bert-tiny", "rte", bs, 1e-4, 42, {}, status="failed")
+    glue_cell(root, "bert-tiny", "sst2", 32, 3e-5, 42, {"accuracy": 0.8312})
+
+
+@pytest.fixture
+def results(isolated: Path) -> Path:
+    root = Path(os.environ["ZOO_RESULTS_DIR"])
+    write_lm_runs(root)
+    write_glue_cells(root)
+    shutil.copytree(REPO / "results" / "reference", root / "reference")
+    return root
+
+
+def assert_golden(name: str, text: str) -> None:
+    path = GOLDEN / name
+    if UPDATE:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(text.encode())
+    assert path.is_file(), f"{path} missing; create it with ZOO_UPDATE_GOLDEN=1"
+    assert text == path.read_bytes().decode(), f"{name} differs from its golden file (ZOO_UPDATE_GOLDEN=1)"
+
+
+RELATIVE_LINK = re.compile(r"\]\((?!https?://)([^)]+)\)")
+
+
+def relative_links(markdown: str) -> list[str]:
+    return RELATIVE_LINK.findall(markdown)
+
+
+# ---------------------------------------------------------------------------------------------- golden
+
+
+@pytest.mark.parametrize("name", lb.SECTIONS)
+def test_each_table_matches_its_golden_file(results: Path, name: str) -> None:
+    board = lb.load_board(results)
+    assert_golden(f"{name}.md", lb.section(board, name, lb.Links(results), 3) + "\n")
+
+
+def test_leaderboard_and_readme_match_golden_files(results: Path, tmp_path: Path) -> None:
+    board = lb.load_board(results)
+    assert_golden("LEADERBOARD.md", lb.leaderboard_markdown(board))
+    readme = tmp_path / "README.md"
+    readme.write_bytes(README_TEMPLATE.encode())
+    assert_golden("readme.md", lb.update_readme_text(README_TEMPLATE, board, readme))
+
+
+# ---------------------------------------------------------------------------------------------- content
+
+
+def test_failed_runs_show_as_failed_never_as_a_number(results: Path) -> None:
+    board = lb.load_board(results)
+    links = lb.Links(results)
+    pretrain = lb.section(board, "pretrain", links, 3)
+    failed_row = next(line for line in pretrain.splitlines() if "bert-mini-wikipedia-20250103" in line)
+    assert "failed (NonFiniteLoss)" in failed_row
+    assert "3.46" not in failed_row and "1.23" not in failed_row  # the failed run's leftover metrics
+    grids = lb.section(board, "grids", links, 3)
+    cola_grid = grids.split("· CoLA (MCC)")[1].split("####")[0]
+    assert re.search(r"\| 32 +\| +15\.1 \| +failed \|", cola_grid)  # lr 5e-5 then 1e-4
+    glue = lb.section(board, "glue", links, 3)
+    bert_tiny_row = next(line for line in glue.splitlines() if line.startswith("| [bert-tiny](https://"))
+    cells = [c.strip() for c in bert_tiny_row.split("|")]
+    assert cells[lb.GLUE_COLUMNS.index(lb.GLUE_TASKS["rte"]) + 3] == "failed"
+    assert "83.1 (1/9 tasks)" in bert_tiny_row  # the average covers the finished task only, labelled so
+
+
+def test_best_cell_averages_seeds_and_breaks_ties_by_smaller_batch_size(results: Path) -> None:
+    board = lb.load_board(results)
+    best = lb.best_settings(board.grid)
+    assert (best.loc[(TINY_RUN, "cola"), "batch_size"], best.loc[(TINY_RUN, "cola"), "lr"]) == (16, 1e-4)
+    mrpc = best.loc[(TINY_RUN, "mrpc")]
+    assert (mrpc["batch_size"], mrpc["lr"]) == (32, 1e-4)  # 76.15 beats the 2-seed mean 76.0 of (16, 5e-5)
+    two_seeds = board.grid[(board.grid["task"] == "mrpc") & (board.grid["batch_size"] == 16)
+                           & (board.grid["lr"] == 5e-5)].iloc[0]
+    assert two_seeds["n_ok"] == 2 and two_seeds["score"] == pytest.approx((0.78 + 0.74) / 2)
+    assert two_seeds["dev"] == pytest.approx({"f1": 0.81, "accuracy": 0.71})
+
+
+def test_smoke_runs_stay_off_unless_asked_for(results: Path) -> None:
+    hidden = lb.leaderboard_markdown(lb.load_board(results))
+    for marker in ("20250104", "bert-tiny-imdb-20250105", "1.11", "1.22", "99.0"):
+        assert marker not in hidden
+    shown = lb.leaderboard_markdown(lb.load_board(results, include_smoke=True))
+    for marker in ("20250104", "bert-tiny-imdb-20250105", "1.11", "1.22", "99.0"):
+        assert marker in shown
+
+
+def test_glue_average_convention_reproduces_every_published_reference_score(results: Path) -> None:
+    references = lb.load_references(results)
+    assert [r.model for r in references] == ["BERT-Tiny", "BERT-Mini", "BERT-Small", "BERT-Medium"]
+    for reference in references:
+        average, count = lb.glue_average(reference.tasks)
+        assert count == 9
+        assert abs(average - reference.score) < 0.1, (reference.model, average)  # per-task values are rounded
+
+
+def test_reference_rows_are_labelled_as_published_test_numbers(results: Path) -> None:
+    glue = lb.section(lb.load_board(results), "glue", lb.Links(results), 3)
+    row = next(line for line in glue.splitlines() if line.startswith("| BERT-Tiny (reference)"))
+    assert "test, [Turc et al. 2019](reference/turc2019.yaml)" in row
+    assert "81.1/71.1" in row and "64.2" in row
+    assert "test-set" in glue
+
+
+# ---------------------------------------------------------------------------------------------- files
+
+
+def test_every_relative_link_resolves_and_plots_are_written(results: Path, tmp_path: Path) -> None:
+    readme = tmp_path / "README.md"
+    readme.write_bytes(README_TEMPLATE.encode())
+    board = lb.load_board(results)
+    lb.write_leaderboard(board)
+    lb.write_readme(board, readme)
+    for document in (results / lb.LEADERBOARD_FILE, readme):
+        links = relative_links(document.read_text(encoding="utf-8"))
+        assert len(links) >= 10
+        missing = [link for link in links if not (document.parent / link).is_file()]
+        assert not missing, f"{document.name}: links to missing files {missing}"
+    heat = results / "plots" / f"glue-{TINY_RUN}-cola.png"
+    loss = results / "plots" / f"pretrain-{TINY_RUN}.png"
+    for figure in (heat, loss):
+        assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and figure.stat().st_size > 2000
+    assert f"(plots/{heat.name})" in (results / lb.LEADERBOARD_FILE).read_text()
+
+
+def test_stale_figures_are_removed_and_unchanged_ones_not_rewritten(results: Path) -> None:
+    board = lb.load_board(results)
+    lb.write_plots(board)
+    orphan = results / "plots" / "pretrain-gone.png"
+    orphan.write_bytes(b"\x89PNG")
+    written, removed = lb.write_plots(board)
+    assert (written, removed) == (0, 1) and not orphan.exists()
+
+
+def test_cfg_link_reproduces_the_run(results: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pretrain = lb.section(lb.load_board(results), "pretrain", lb.Links(results), 3)
+    row = next(line for line in pretrain.splitlines() if TINY_RUN in line)
+    cfg = results / re.search(r"\[cfg\]\(([^)]+)\)", row).group(1)
+    assert main(["pretrain", "--recipe", str(cfg), "--dry-run"]) == 0
+    assert capsys.readouterr().out == cfg.read_text()
+    glue = lb.section(lb.load_board(results), "glue", lb.Links(results), 3)
+    mrpc_cfg = results / re.search(r"\[mrpc\]\(([^)]+)\)", glue).group(1)
+    record = json.loads((mrpc_cfg.parent / "run.json").read_text())
+    assert record["hparams"]["batch_size"] == 32 and record["hparams"]["lr"] == 1e-4
+    assert glue_recipe_hash(single_cell(load_glue_recipe(mrpc_cfg))) == record["recipe_hash"]
+
+
+# ---------------------------------------------------------------------------------------------- README
+
+
+def test_readme_replacement_is_idempotent_and_keeps_every_other_byte(results: Path, tmp_path: Path) -> None:
+    readme = tmp_path / "README.md"
+    board = lb.load_board(results)
+    once = lb.update_readme_text(README_TEMPLATE, board, readme)
+    assert lb.update_readme_text(once, board, readme) == once
+    start, end = "<!-- zoo:leaderboard:pretrain:start -->", "<!-- zoo:leaderboard:glue:end -->"
+    assert once.split(start)[0] == README_TEMPLATE.split(start)[0]  # CRLF and trailing spaces kept
+    assert once.split(end)[1] == README_TEMPLATE.split(end)[1]
+    between = "<!-- zoo:leaderboard:pretrain:end -->\n\n### GLUE\n\n<!-- zoo:leaderboard:glue:start -->"
+    assert between in once and "old table" not in once
+    assert "(results/pretrain/" in once  # links relative to the README's folder
+
+
+def test_check_names_the_stale_table(results: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    readme = tmp_path / "README.md"
+    readme.write_bytes(README_TEMPLATE.encode())
+    args = ["leaderboard", "--readme", str(readme), "--no-plots"]
+    assert main([*args, "--check"]) == 1
+    assert main(args) == 0
+    capsys.readouterr()
+    assert main([*args, "--check"]) == 0
+    assert "up to date" in capsys.readouterr().out
+    glue_cell(results, TINY_RUN, "rte", 32, 1e-4, 42, {"accuracy": 0.6})
+    assert main([*args, "--check"]) == 1
+    out = capsys.readouterr().out
+    assert f"{readme}: table 'glue' is stale" in out and "table 'grids' is stale" in out
+    assert "'pretrain'" not in out
+    assert main(args) == 0
+    readme.write_text(readme.read_text().replace("45.67", "45.00"))  # a hand edit inside a table
+    capsys.readouterr()
+    assert main([*args, "--check"]) == 1
+    assert f"{readme}: table 'pretrain' is stale" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("text, message", [
+    ("no markers here\n", "no leaderboard markers"),
+    ("<!-- zoo:leaderboard:glue:start -->\n", "has no end marker"),
+    ("<!-- zoo:leaderboard:glue:end -->\n", "has no start marker"),
+    ("<!-- zoo:leaderboard:scores:start --><!-- zoo:leaderboard:scores:end -->", "unknown leaderboard table"),
+])
+def test_bad_markers_are_one_line_errors(results: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                         text: str, message: str) -> None:
+    readme = tmp_path / "README.md"
+    readme.write_text(text)
+    assert main(["leaderboard", "--readme", str(readme), "--no-plots"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert readme.read_text() == text
+
+
+def test_empty_results_say_so(isolated: Path) -> None:
+    markdown = lb.leaderboard_markdown(lb.load_board(Path(os.environ["ZOO_RESULTS_DIR"])))
+    assert "_No pretraining runs recorded yet._" in markdown and "_No GLUE runs recorded yet._" in markdown
+    assert "|" not in markdown  # no reference file: no table at all
+
+
+def test_a_real_pretraining_record_reaches_the_leaderboard(text_corpus: Path, isolated: Path) -> None:
+    import yaml
+
+    from tests.conftest import TINY_GPT2
+
+    config = yaml.safe_dump(TINY_GPT2, default_flow_style=True).strip()
+    assert main(["pretrain", "gpt2", "text", "--smoke", "--set", f"data.paths=[{text_corpus}]",
+                 f"model.config={config}", "data.block_size=32", "data.validation_fraction=0.1",
+                 "train.batch_size=4", "train.log_every=1", "train.max_steps=3", "eval.max_blocks=8"]) == 0
+    root = Path(os.environ["ZOO_RESULTS_DIR"])
+    (run_json,) = root.glob("pretrain/*/run.json")
+    record = json.loads(run_json.read_text())
+    assert record["run_id"] not in lb.leaderboard_markdown(lb.load_board(root))  # a smoke run
+    board = lb.load_board(root, include_smoke=True)
+    lb.write_leaderboard(board)
+    markdown = (root / lb.LEADERBOARD_FILE).read_text()
+    row = next(line for line in markdown.splitlines() if record["run_id"] in line)
+    assert f" {record['metrics']['perplexity']:,.2f} |" in row and "| CLM " in row
+    assert f"[cfg](pretrain/{record['run_id']}/recipe.yaml)" in row
+    assert (root / "plots" / f"pretrain-{record['run_id']}.png").is_file()
+
+
+def test_committed_readme_and_leaderboard_match_the_committed_records(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """CI's guard: after adding records, run `zoo leaderboard --readme README.md` and commit the result."""
+    monkeypatch.setenv("ZOO_RESULTS_DIR", str(REPO / "results"))
+    assert main(["leaderboard", "--readme", str(REPO / "README.md"), "--check"]) == 0, capsys.readouterr().out

@@ -1,0 +1,248 @@
+"""`zoo glue`: fine-tune a model on one GLUE task, or over the classic grid, and record every cell."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any
+
+from tabulate import tabulate
+
+from zoo import paths
+from zoo.cli import add_recipe_options
+from zoo.commands.catalog import validator
+from zoo.errors import ZooError
+
+EXAMPLES = """examples:
+  zoo glue bert-tiny --task rte --set train.lr=1e-4 train.batch_size=32   # one cell
+  zoo glue checkpoints/<run>/final --grid --workers 2                     # the classic grid, all tasks with data
+  zoo glue <run-id> --grid --tasks cola,rte --predict-test                # + GLUE submission files
+  zoo glue --recipe results/glue/<tag>/rte/<cell>/recipe.yaml             # reproduce a cell
+"""
+
+
+@validator("glue")
+def validate_glue_recipe(path: Path) -> None:
+    from zoo.glue.recipe import load_glue_recipe
+
+    load_glue_recipe(path)
+
+
+def recipe_keys_help() -> str:
+    """Every recipe key with its help and its default as `zoo glue` applies it (classic.yaml's)."""
+    from zoo.glue.recipe import GlueRecipe, load_glue_recipe
+    from zoo.schema import field_docs, to_dict
+
+    try:
+        applied = to_dict(load_glue_recipe())
+    except ZooError:  # a broken classic.yaml must not break every zoo command; `zoo validate` reports it
+        applied = {}
+
+    def default(key: str, fallback: Any) -> Any:
+        node: Any = applied
+        for part in key.split("."):
+            if not isinstance(node, dict) or part not in node:
+                return fallback
+            node = node[part]
+        return node
+
+    rows = [f"  {key:<28} {doc} (default: {default(key, value)!r})" for key, _, doc, value in field_docs(GlueRecipe)]
+    return EXAMPLES + "\nrecipe keys (override with --set KEY=VALUE or --KEY VALUE):\n" + "\n".join(rows)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "glue", help="fine-tune on GLUE: one task, or the batch size x lr grid with the best cell per task",
+        description="Fine-tune MODEL on a GLUE task (--task) or over the grid of recipes/glue/classic.yaml (--grid). "
+                    "Finished cells are skipped, so re-running a command resumes it.",
+        epilog=recipe_keys_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model", nargs="?", help="model registry name, hub id, zoo run id or checkpoint directory")
+    parser.add_argument("--task", help="task of a single run (sets task.name): cola, sst2, mrpc, stsb, qqp, mnli, "
+                                       "qnli, rte, wnli")
+    parser.add_argument("--grid", action="store_true", help="run the recipe's grid (default: every task with data)")
+    parser.add_argument("--tasks", help="comma-separated tasks of the grid, e.g. cola,rte (sets grid.tasks)")
+    parser.add_argument("--workers", type=int, default=1, metavar="N",
+                        help="cells run in N parallel processes (one GPU each when there are GPUs)")
+    parser.add_argument("--predict-test", action="store_true",
+                        help="write the best cell's test predictions per task in the GLUE submission format")
+    parser.add_argument("--predict-dir", metavar="DIR",
+                        help="where submission files go (default: checkpoints/glue/<model-tag>/submission)")
+    parser.add_argument("--force", action="store_true", help="run cells again even when they have an ok record")
+    parser.add_argument("--list-tasks", action="store_true", help="list the GLUE tasks and where their data is")
+    add_recipe_options(parser)
+    parser.add_argument("--smoke", action="store_true", help="mark the runs as smoke tests (off leaderboards)")
+    parser.add_argument("--dry-run", action="store_true", help="print the resolved recipe or the cells, and exit")
+    parser.set_defaults(func=run_command)
+
+
+# --------------------------------------------------------------------------- recipe from the command line
+
+
+def recipe_from_args(args: argparse.Namespace) -> Any:
+    """The GLUE recipe the command line asks for, with the model in its canonical spelling."""
+    from zoo.glue.recipe import canonical_model, load_glue_recipe
+    from zoo.glue.tasks import get_task, parse_task_list
+
+    path = Path(args.recipe) if args.recipe else None
+    recipe = load_glue_recipe(path, args.overrides)
+    if args.model:
+        named = recipe.model.name
+        if path is not None and named and canonical_model(named) != canonical_model(args.model):
+            raise ZooError(f"{path}: recipe fine-tunes {named!r}, not {args.model!r}")
+        recipe.model.name = args.model
+    recipe.model.name = canonical_model(recipe.model.name)
+    if args.task:
+        recipe.task.name = get_task(args.task).key
+    if args.tasks:
+        recipe.grid.tasks = parse_task_list(args.tasks)
+    if args.smoke:
+        recipe.smoke = True
+    return recipe
+
+
+def list_tasks() -> int:
+    from zoo.glue import data
+    from zoo.glue.tasks import HUB_ID, TASKS
+
+    rows = []
+    for task in TASKS.values():
+        local = [s.name for s in task.splits if data.local_path(s) is not None]
+        rows.append([task.key, task.name, ", ".join(task.dev_metric_names), f"{HUB_ID} ({task.splits[0].hub_config})",
+                     ", ".join(local) or "-", task.description])
+    print(tabulate(rows, headers=["task", "name", "dev metrics", "hub", "local splits", "description"]))
+    print(f"\nlocal layout: $ZOO_DATA_DIR/glue_data/<Task>/{{train,dev,test}}.tsv (mirror: {paths.data_dir()})")
+    return 0
+
+
+# --------------------------------------------------------------------------- output
+
+
+def outcome_line(index: int, total: int, outcome: Any) -> str:
+    head = f"[{index}/{total}] {outcome.label}:"
+    if outcome.status == "ok":
+        return f"{head} ok, dev score {outcome.score:.4f} ({outcome.wall_time_s:.1f} s)"
+    if outcome.status == "failed":
+        return f"{head} FAILED: {outcome.reason}"
+    return f"{head} skipped ({'running elsewhere' if outcome.status == 'busy' else 'done'})"
+
+
+def print_summary(summary: dict[str, Any], tasks: list[str]) -> None:
+    for key in tasks:
+        entry = summary["tasks"].get(key)
+        if not entry:
+            continue
+        table = entry["table"]
+        lrs = list(next(iter(table.values())).keys()) if table else []
+        rows = [[bs] + [f"{v:.4f}" if v is not None else "-" for v in by_lr.values()] for bs, by_lr in table.items()]
+        print(f"\n{key}: dev score, batch size x lr ({entry['cells']})")
+        print(tabulate(rows, headers=["bs \\ lr", *lrs]))
+        best = entry["best"]
+        if best:
+            metrics = ", ".join(f"{name} {value:.4f}" for name, value in best["dev"].items())
+            print(f"best: bs {best['batch_size']} lr {best['lr']:g} seed {best['seed']}: {metrics} "
+                  f"-> {best['record']}")
+    average = summary["glue_average"]
+    if average is not None:
+        print(f"\nGLUE average (9 tasks): {average:.4f}")
+    elif summary["average_of_tasks_run"] is not None:
+        print(f"\nmean dev score of the {len(summary['tasks'])} tasks run (not a GLUE score): "
+              f"{summary['average_of_tasks_run']:.4f}")
+
+
+# --------------------------------------------------------------------------- running
+
+
+def run_cells(cells: list[Any], args: argparse.Namespace) -> Any:
+    from zoo.glue.grid import run_grid
+
+    todo = len(cells)
+    count = {"n": 0}
+
+    def show(outcome: Any) -> None:
+        count["n"] += 1
+        print(outcome_line(count["n"], todo, outcome), flush=True)
+
+    return run_grid(cells, workers=args.workers, predict_test=args.predict_test, force=args.force, on_outcome=show)
+
+
+def write_submission(cells: list[Any], summary: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """Make sure each task's best cell has test predictions (re-running it if not) and bundle them."""
+    from zoo.glue import data
+    from zoo.glue.grid import best_cells, run_claimed, summarize, write_summary
+    from zoo.glue.predict import assemble_submission
+
+    files: dict[str, Path] = {}
+    for key, cell in best_cells(cells, summary).items():
+        needed = [s for s in cell.task.splits_for("test") if data.split_available(s)]
+        if any(not (cell.predictions_dir / s.submission).is_file() for s in needed):
+            print(f"{key}: the best cell {cell.run_id} has no test predictions; running it again to make them")
+            run_claimed(cell, predict_test=True, force=True)
+            summary = write_summary(cells, cells[0].model) if args.grid else summarize(cells, cells[0].model)
+        files.update({s.submission: cell.predictions_dir / s.submission for s in needed
+                      if (cell.predictions_dir / s.submission).is_file()})
+    cell = cells[0]
+    default = paths.checkpoints_dir() / "glue" / cell.tag / ("submission-smoke" if cell.recipe.smoke else "submission")
+    out_dir = Path(args.predict_dir) if args.predict_dir else default
+    archive = assemble_submission(files, out_dir)
+    print(f"\nsubmission: {', '.join(sorted(files))} in {out_dir} (zipped: {archive})")
+    return summary
+
+
+def print_cell(cell: Any) -> None:
+    """A single run: its dev metrics after every epoch and where its record is."""
+    from zoo.glue.grid import read_cell_record
+
+    record = read_cell_record(cell) or {}
+    for epoch in record.get("epochs", []):
+        metrics = ", ".join(f"{name} {value:.4f}" for name, value in epoch["dev"].items())
+        loss = epoch.get("train_loss")
+        print(f"epoch {epoch['epoch']:g}: dev {metrics}" + (f", train loss {loss:.4f}" if loss is not None else ""))
+    print(f"{record.get('status', 'missing')}, dev score {record.get('metrics', {}).get('score')}: "
+          f"{cell.directory / 'run.json'}")
+
+
+def run_command(args: argparse.Namespace) -> int:
+    if args.list_tasks:
+        return list_tasks()
+    from zoo.glue.grid import available_tasks, elapsed, plan, summarize, write_summary
+    from zoo.glue.recipe import glue_recipe_yaml, single_cell
+    from zoo.models import pretrained_source
+
+    if args.workers < 1:
+        raise ZooError("--workers must be at least 1")
+    recipe = recipe_from_args(args)
+    model = args.model or recipe.model.name
+    if args.grid:
+        tasks = recipe.grid.tasks or available_tasks()
+        if not tasks:
+            raise ZooError("no GLUE task has its data here: put glue_data/ under $ZOO_DATA_DIR or allow the hub")
+        cells = plan(recipe, model, tasks)
+    else:
+        cells = plan(single_cell(recipe), model, [recipe.task.name])
+        tasks = [cells[0].task.key]
+    if args.dry_run:
+        if len(cells) == 1:
+            print(glue_recipe_yaml(cells[0].recipe), end="")
+        for cell in cells:
+            print(f"{cell.directory}")
+        return 0
+    pretrained_source(recipe.model.name)  # a missing model is a user error (exit 2), not N failed cells
+    t0 = time.monotonic()
+    print(f"zoo glue {model}: {len(cells)} cell(s) over {', '.join(tasks)}, {args.workers} worker(s); "
+          f"records in {paths.results_dir() / 'glue' / cells[0].tag}", flush=True)
+    report = run_cells(cells, args)
+    print(f"\nran {len(report.outcomes) - report.count('done') - report.count('busy')} cell(s) "
+          f"({report.count('ok')} ok, {report.count('failed')} failed), skipped {report.skipped_done} finished, "
+          f"in {elapsed(t0)}")
+    if args.grid:  # the per-model summary is the grid's; a single run leaves it alone
+        summary = write_summary(cells, model)
+        print_summary(summary, tasks)
+    else:
+        summary = summarize(cells, model)
+        print_cell(cells[0])
+    if report.interrupted:
+        raise KeyboardInterrupt
+    if args.predict_test:
+        write_submission(cells, summary, args)
+    return 1 if report.count("failed") else 0

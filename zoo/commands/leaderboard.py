@@ -1,0 +1,52 @@
+"""`zoo leaderboard`: regenerate results/LEADERBOARD.md, its figures and the README tables from run records."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from zoo.errors import ZooError
+
+DESCRIPTION = """\
+Turn every finished run record under results/ (ZOO_RESULTS_DIR) into markdown tables: pretraining and
+continued-training tables per corpus, the GLUE table (best dev setting per task, GLUE average, published
+reference rows) and the batch size x learning rate grids, plus PNG loss curves and heatmaps under
+results/plots/. Writes results/LEADERBOARD.md; with --readme FILE also replaces the tables between
+<!-- zoo:leaderboard:NAME:start --> and <!-- zoo:leaderboard:NAME:end --> in FILE (NAME: pretrain,
+finetune, glue, grids), leaving every other byte of FILE as it is."""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("leaderboard", help="regenerate results/LEADERBOARD.md and README tables from records",
+                            description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--readme", metavar="FILE", help="also regenerate the marked tables in FILE (e.g. README.md)")
+    parser.add_argument("--check", action="store_true",
+                        help="write nothing; exit 1 and name each stale table when the files lag the records")
+    parser.add_argument("--include-smoke", action="store_true",
+                        help="also list smoke runs (smoke: true, or train.max_steps below 100)")
+    parser.add_argument("--no-plots", action="store_true", help="skip the PNG figures and the links to them "
+                                                                "(give --check the same flags as the write)")
+    parser.set_defaults(func=run_command)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    from zoo import leaderboard, paths
+
+    readme = Path(args.readme) if args.readme else None
+    if readme is not None and not readme.is_file():
+        raise ZooError(f"--readme {readme}: no such file")
+    board = leaderboard.load_board(paths.results_dir(), include_smoke=args.include_smoke,
+                                   with_plots=not args.no_plots)
+    if args.check:
+        problems = leaderboard.check(board, readme)
+        for problem in problems:
+            print(f"stale: {problem}")
+        hint = f"zoo leaderboard{f' --readme {readme}' if readme else ''}"
+        print(f"run `{hint}` to regenerate" if problems else "leaderboard up to date")
+        return 1 if problems else 0
+    changed = leaderboard.write_leaderboard(board)
+    target = board.root / leaderboard.LEADERBOARD_FILE
+    print(f"{target}: {'updated' if changed else 'unchanged'} ({len(board.lm)} LM runs, {len(board.cells)} GLUE cells)")
+    if readme is not None:
+        print(f"{readme}: {'updated' if leaderboard.write_readme(board, readme) else 'unchanged'}")
+    return 0

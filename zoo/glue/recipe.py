@@ -1,0 +1,184 @@
+"""GLUE recipes: the typed schema, loading with overrides, and one normalised recipe per grid cell.
+
+A GLUE recipe has the sections model, task, train (the pretraining `TrainSection`), grid and eval.
+`zoo glue MODEL` starts from `recipes/glue/classic.yaml` (the classic grid of the small-BERT papers:
+batch size {8,16,32,64,128} x learning rate {1e-4,3e-4,3e-5,5e-5}, 4 epochs); `--recipe FILE`
+starts from that file instead. Keys a file leaves out take the defaults of `GLUE_DEFAULTS` and then
+of the dataclasses.
+
+A cell is one (task, batch size, lr, seed). Its recipe has those values in task/train and a grid
+section narrowed to exactly that cell, so the hash of a cell's recipe depends on the cell alone (not on
+the rest of the grid it was run in), a single run and the same grid cell share one record, and
+`zoo glue --recipe <cell>/recipe.yaml` reproduces the cell.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from zoo import paths
+from zoo.errors import ZooError
+from zoo.glue.tasks import TASKS, get_task
+from zoo.recipe import TrainSection, apply_overrides, read_yaml, recipe_hash
+from zoo.schema import RecipeError, build, setting, to_dict
+
+DEFAULT_RECIPE = "classic"
+# Fine-tuning defaults that differ from pretraining's TrainSection (BERT's run_classifier settings).
+GLUE_DEFAULTS: dict[str, Any] = {"train": {"epochs": 4.0, "warmup": 0.1, "log_every": 50}}
+
+
+@dataclass
+class GlueModelSection:
+    name: str = setting("", doc="Registry name (`zoo ls`), hub id, zoo run id or checkpoint directory.")
+    tokenizer: str = setting(
+        "", doc="Tokenizer (mirror name, hub id or directory); empty: the checkpoint's own, else the registry's."
+    )
+
+
+@dataclass
+class TaskSection:
+    name: str = setting("rte", doc=f"GLUE task of a single run: {', '.join(TASKS)}.")
+    max_length: int = setting(128, doc="Truncate each example (both sentences) to this many tokens.", low=8, high=8192)
+    max_train_examples: int | None = setting(None, doc="Train on the first N examples only (smoke runs).", low=1)
+    max_eval_examples: int | None = setting(None, doc="Evaluate on the first N dev examples only (smoke runs).",
+                                            low=1)
+
+
+@dataclass
+class GridSection:
+    tasks: list[str] = setting(factory=list, doc="Tasks of `--grid`; empty: every task whose data is available.")
+    batch_sizes: list[int] = setting(factory=lambda: [8, 16, 32, 64, 128], doc="Batch sizes of the grid.")
+    lrs: list[float] = setting(factory=lambda: [1e-4, 3e-4, 3e-5, 5e-5], doc="Peak learning rates of the grid.")
+    seeds: list[int] = setting(factory=lambda: [42], doc="Seeds of the grid (one cell per seed).")
+
+
+@dataclass
+class GlueEvalSection:
+    batch_size: int = setting(256, doc="Evaluation batch size (dev and test sets are sorted by length).", low=1)
+
+
+@dataclass
+class GlueRecipe:
+    name: str = setting("", doc="Recipe name (informational).")
+    kind: Literal["glue"] = setting("glue", doc="Always 'glue'.")
+    smoke: bool = setting(False, doc="A smoke/debug run: recorded but kept off leaderboards.")
+    model: GlueModelSection = setting(factory=GlueModelSection, doc="The model to fine-tune.")
+    task: TaskSection = setting(factory=TaskSection, doc="Task and input length.")
+    train: TrainSection = setting(factory=TrainSection, doc="Optimisation (batch_size, lr, seed: one cell).")
+    grid: GridSection = setting(factory=GridSection, doc="The hyper-parameter grid of `--grid`.")
+    eval: GlueEvalSection = setting(factory=GlueEvalSection, doc="Evaluation.")
+
+
+def merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    """`top` laid over `base`, section by section (a copy)."""
+    result = copy.deepcopy(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(result.get(key), dict):
+            result[key] = merge(result[key], value)
+        else:
+            result[key] = copy.deepcopy(value)
+    return result
+
+
+def default_recipe_path() -> Path:
+    return paths.recipes_dir() / "glue" / f"{DEFAULT_RECIPE}.yaml"
+
+
+def load_glue_recipe(path: Path | None = None, overrides: list[str] | None = None) -> GlueRecipe:
+    """The recipe in `path` (default: the classic grid) with defaults filled in and overrides applied."""
+    path = path or default_recipe_path()
+    raw = merge(GLUE_DEFAULTS, read_yaml(path))
+    recipe = build(GlueRecipe, apply_overrides(raw, overrides or []), str(path))
+    check(recipe, str(path))
+    return recipe
+
+
+def check(recipe: GlueRecipe, source: str) -> None:
+    """Cross-field checks the schema cannot express: known tasks, non-empty grid axes, unique values."""
+    get_task(recipe.task.name)
+    for name in recipe.grid.tasks:
+        get_task(name)
+    for axis in ("batch_sizes", "lrs", "seeds"):
+        values = getattr(recipe.grid, axis)
+        if not values:
+            raise RecipeError(f"{source}: grid.{axis} must list at least one value")
+        if len(set(values)) != len(values):
+            raise RecipeError(f"{source}: grid.{axis} lists a value twice: {values}")
+    if any(b < 1 for b in recipe.grid.batch_sizes) or any(not 0 < lr <= 1 for lr in recipe.grid.lrs):
+        raise RecipeError(f"{source}: grid batch sizes must be >= 1 and learning rates in (0, 1]")
+
+
+def cell_recipe(base: GlueRecipe, task: str, batch_size: int, lr: float, seed: int) -> GlueRecipe:
+    """The normalised recipe of one cell: its values in task/train, the grid narrowed to it."""
+    recipe = copy.deepcopy(base)
+    recipe.task.name = get_task(task).key
+    recipe.train = dataclasses.replace(recipe.train, batch_size=batch_size, lr=float(lr), seed=seed)
+    recipe.grid = GridSection(tasks=[recipe.task.name], batch_sizes=[batch_size], lrs=[float(lr)], seeds=[seed])
+    if not recipe.name:
+        recipe.name = f"glue-{recipe.task.name}"
+    return recipe
+
+
+def single_cell(recipe: GlueRecipe) -> GlueRecipe:
+    """The cell a recipe names without `--grid`: task.name, train.batch_size, train.lr, train.seed."""
+    t = recipe.train
+    return cell_recipe(recipe, recipe.task.name, t.batch_size, t.lr, t.seed)
+
+
+def grid_cells(recipe: GlueRecipe, tasks: list[str]) -> list[GlueRecipe]:
+    """Every cell of the grid over `tasks`, in task, batch size, lr, seed order."""
+    g = recipe.grid
+    return [cell_recipe(recipe, task, bs, lr, seed)
+            for task in tasks for bs in g.batch_sizes for lr in g.lrs for seed in g.seeds]
+
+
+def glue_recipe_yaml(recipe: GlueRecipe) -> str:
+    return yaml.safe_dump(to_dict(recipe), sort_keys=False)
+
+
+def glue_recipe_hash(recipe: GlueRecipe) -> str:
+    return recipe_hash(to_dict(recipe))
+
+
+def format_lr(lr: float) -> str:
+    """1e-4 -> '1e-04', 2.5e-5 -> '2.5e-05': short, and distinct for distinct grid values."""
+    mantissa, exponent = f"{lr:.6e}".split("e")
+    return f"{mantissa.rstrip('0').rstrip('.')}e{exponent}"
+
+
+def cell_id(recipe: GlueRecipe) -> str:
+    """`bs32-lr1e-04-s42-<recipe hash>`: readable, and unique per resolved cell recipe."""
+    t = recipe.train
+    return f"bs{t.batch_size}-lr{format_lr(t.lr)}-s{t.seed}-{glue_recipe_hash(recipe)}"
+
+
+def canonical_model(name: str) -> str:
+    """The recipe's spelling of a model: a zoo run id for checkpoints/<run>/final, an absolute path for
+    any other directory, the name itself otherwise; so that a cell's hash does not depend on the cwd."""
+    if not name:
+        raise ZooError("zoo glue: give a MODEL (registry name, hub id, zoo run id or checkpoint directory)")
+    local = Path(name).expanduser()
+    if not local.is_dir():
+        return name
+    local = local.resolve()
+    checkpoints = paths.checkpoints_dir().resolve()
+    if local.parent.parent == checkpoints and local.name == "final":
+        return local.parent.name
+    return str(local)
+
+
+def model_tag(name: str) -> str:
+    """A filesystem-safe name for results/glue/<model-tag>/: run id, directory name or hub id."""
+    path = Path(name)
+    if path.is_absolute():
+        parts = [p for p in path.parts if p not in ("/", "final")]
+        name = parts[-1] if parts else "model"
+    tag = re.sub(r"[^A-Za-z0-9._-]+", "_", name.replace("/", "--")).strip("._")
+    return tag or "model"
