@@ -196,15 +196,21 @@ def test_failed_runs_show_as_failed_never_as_a_number(results: Path) -> None:
 
 
 def test_best_cell_averages_seeds_and_breaks_ties_by_smaller_batch_size(results: Path) -> None:
+    grids = lb.load_board(results).grids[TINY_RUN]
+    assert grids["cola"].best_setting == (16, 1e-4)
+    mrpc = grids["mrpc"]
+    assert mrpc.best_setting == (32, 1e-4)  # 76.15 beats the 2-seed mean 76.0 of (16, 5e-5)
+    two_seeds = mrpc.settings[16, 5e-5]
+    assert two_seeds.n_ok == 2 and two_seeds.score == pytest.approx((0.78 + 0.74) / 2)
+    assert mrpc.best_dev == pytest.approx({"f1": 0.812, "accuracy": 0.711})
+    # a second seed of the best setting: the dev metrics are its seeds' mean, the cfg link its best seed
+    glue_cell(results, TINY_RUN, "mrpc", 32, 1e-4, 50, {"f1": 0.822, "accuracy": 0.721})
     board = lb.load_board(results)
-    best = lb.best_settings(board.grid)
-    assert (best.loc[(TINY_RUN, "cola"), "batch_size"], best.loc[(TINY_RUN, "cola"), "lr"]) == (16, 1e-4)
-    mrpc = best.loc[(TINY_RUN, "mrpc")]
-    assert (mrpc["batch_size"], mrpc["lr"]) == (32, 1e-4)  # 76.15 beats the 2-seed mean 76.0 of (16, 5e-5)
-    two_seeds = board.grid[(board.grid["task"] == "mrpc") & (board.grid["batch_size"] == 16)
-                           & (board.grid["lr"] == 5e-5)].iloc[0]
-    assert two_seeds["n_ok"] == 2 and two_seeds["score"] == pytest.approx((0.78 + 0.74) / 2)
-    assert two_seeds["dev"] == pytest.approx({"f1": 0.81, "accuracy": 0.71})
+    mrpc = board.grids[TINY_RUN]["mrpc"]
+    assert mrpc.best_setting == (32, 1e-4) and mrpc.best["seed"] == 50
+    assert mrpc.best_dev == pytest.approx({"f1": 0.817, "accuracy": 0.716})
+    glue = lb.section(board, "glue", lb.Links(results), 3)
+    assert f"[mrpc](glue/{TINY_RUN}/mrpc/bs32-lr1e-04-s50/recipe.yaml)" in glue and "81.7/71.6" in glue
 
 
 def test_smoke_runs_stay_off_unless_asked_for(results: Path) -> None:
@@ -220,7 +226,7 @@ def test_glue_average_convention_reproduces_every_published_reference_score(resu
     references = lb.load_references(results)
     assert [r.model for r in references] == ["BERT-Tiny", "BERT-Mini", "BERT-Small", "BERT-Medium"]
     for reference in references:
-        average, count = lb.glue_average(reference.tasks)
+        average, count = lb.line_average(reference.tasks)
         assert count == 9
         assert abs(average - reference.score) < 0.1, (reference.model, average)  # per-task values are rounded
 

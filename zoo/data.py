@@ -93,9 +93,12 @@ def encode_documents(
     """Flat token arrays, one per batch of documents, each document followed by the separator."""
     sep = separator_id(tokenizer)
     for batch in batched(docs, DOCS_PER_BATCH):
-        ids = token_ids(tokenizer, batch)
-        flat = np.fromiter(chain.from_iterable(chain(x, (sep,)) for x in ids), dtype=dtype)
-        yield flat
+        yield flatten_documents(token_ids(tokenizer, batch), sep, dtype)
+
+
+def flatten_documents(ids: list[list[int]], sep: int, dtype: np.dtype) -> np.ndarray:
+    """One flat array of the documents' tokens, each followed by `sep` (one C-level pass, no list concatenation)."""
+    return np.fromiter(chain.from_iterable(chain(x, (sep,)) for x in ids), dtype=dtype)
 
 
 def write_token_stream(chunks: Iterable[np.ndarray], path: Path, progress: Any = None) -> tuple[int, int]:

@@ -1,4 +1,4 @@
-"""Leaderboards derived from run records: records -> pandas frames -> display frames -> one renderer.
+"""Leaderboards derived from run records: records -> rows -> display frames -> one renderer.
 
 `zoo leaderboard` reads every finished record under results/ and writes results/LEADERBOARD.md (with
 PNG figures under results/plots/); `--readme FILE` also replaces the tables between the marker comments
@@ -14,7 +14,9 @@ Conventions (the "why" behind the numbers):
 - GLUE: the cells of one (model, task, batch size, learning rate) are seeds of the same setting; their
   dev scores (`metrics.score`) and dev metrics are averaged over the seeds that finished, and that mean
   both fills the grid and selects the best setting (ties: smaller batch size, then smaller learning rate),
-  so one lucky seed does not pick the setting. Its `cfg` link is the recipe of its smallest-seed cell.
+  so one lucky seed does not pick the setting. Its `cfg` link is the recipe of the setting's best seed,
+  the cell `zoo glue` names best in its summary. These rules are zoo.glue.grid's (`best_row`,
+  `score_table`), the task score and GLUE average zoo.glue.metrics'; this module only displays them.
   The task columns and their metrics come from the GLUE task registry (zoo.glue.tasks).
 - GLUE average = the GLUE benchmark's score: the mean over the nine tasks of each task's score, where a
   task with two metrics (MRPC, QQP: F1/acc; STS-B: Pearson/Spearman; MNLI: matched/mismatched) scores the
@@ -28,8 +30,9 @@ from __future__ import annotations
 import math
 import os
 import re
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -40,6 +43,8 @@ from tabulate import tabulate
 
 from zoo import plots
 from zoo.errors import ZooError
+from zoo.glue.metrics import glue_average, partial_average, task_score
+from zoo.glue.recipe import format_lr
 from zoo.glue.tasks import TASKS, GlueTask
 from zoo.recipe import read_yaml
 from zoo.records import RECIPE_FILE, RECORD_FILE, atomic_write, iter_records
@@ -77,7 +82,6 @@ def task_column(task: GlueTask) -> TaskColumn:
 
 GLUE_COLUMNS = tuple(task_column(task) for task in TASKS.values())
 GLUE_TASKS = {column.task: column for column in GLUE_COLUMNS}
-GRID_KEYS = ["model_tag", "task", "batch_size", "lr"]
 
 # ---------------------------------------------------------------------------------------------- numbers
 
@@ -135,10 +139,6 @@ def slug(text: str) -> str:
 # ---------------------------------------------------------------------------------------------- records
 
 
-def read_recipe(path: Path | None) -> dict[str, Any]:
-    return read_yaml(path) if path is not None else {}
-
-
 def recipe_path(run_json: Path, record: dict[str, Any]) -> Path | None:
     """The run's resolved recipe next to its run.json, if the file is there."""
     candidate = run_json.parent / str(record.get("recipe") or RECIPE_FILE)
@@ -164,7 +164,7 @@ def finished_records(kind: str, include_smoke: bool) -> Iterable[tuple[Path, dic
         if record.get("status") not in FINISHED:
             continue
         recipe = recipe_path(path, record)
-        if include_smoke or not is_smoke(record, read_recipe(recipe)):
+        if include_smoke or not is_smoke(record, read_yaml(recipe) if recipe else {}):
             yield path, record, recipe
 
 
@@ -206,12 +206,8 @@ def load_lm_runs(include_smoke: bool) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=LM_COLUMNS)
 
 
-GLUE_CELL_COLUMNS = ["run_id", "model", "model_tag", "task", "status", "reason", "batch_size", "lr", "seed",
-                     "score", "dev", "record_path", "recipe_path"]
-
-
 def glue_row(path: Path, record: dict[str, Any], recipe: Path | None) -> dict[str, Any]:
-    """One GLUE grid cell as raw values (metrics as fractions, like the record)."""
+    """One GLUE grid cell, as a row of zoo.glue.grid (score None unless finite; metrics as fractions)."""
     task = str(record.get("task") or "")
     if task not in GLUE_TASKS:
         raise ZooError(f"{path}: unknown GLUE task {task!r}; known: {', '.join(GLUE_TASKS)}")
@@ -221,6 +217,7 @@ def glue_row(path: Path, record: dict[str, Any], recipe: Path | None) -> dict[st
         raise ZooError(f"{path}: GLUE record needs hparams.batch_size and hparams.lr")
     metrics = record.get("metrics") or {}
     dev = metrics.get("dev") or {}
+    score = number(metrics.get("score"))
     model = str(record.get("model") or "")
     seed = hparams.get("seed")
     return {
@@ -229,20 +226,13 @@ def glue_row(path: Path, record: dict[str, Any], recipe: Path | None) -> dict[st
         "model_tag": str(record.get("model_tag") or model),
         "task": task,
         "status": record["status"],
-        "reason": str(record.get("reason") or ""),
         "batch_size": int(batch_size),
         "lr": lr,
         "seed": int(seed) if isinstance(seed, int) else -1,
-        "score": number(metrics.get("score")),
+        "score": score if math.isfinite(score) else None,
         "dev": {key: number(value) for key, value in dev.items()} if isinstance(dev, dict) else {},
-        "record_path": path,
         "recipe_path": recipe,
     }
-
-
-def load_glue_cells(include_smoke: bool) -> pd.DataFrame:
-    rows = [glue_row(*item) for item in finished_records("glue", include_smoke)]
-    return pd.DataFrame(rows, columns=GLUE_CELL_COLUMNS)
 
 
 @dataclass(frozen=True)
@@ -271,89 +261,108 @@ def load_references(root: Path) -> list[Reference]:
     return references
 
 
-@dataclass
-class Board:
-    """Everything the tables are made of, loaded once."""
-
-    root: Path
-    lm: pd.DataFrame
-    cells: pd.DataFrame
-    references: list[Reference]
-    plots: bool = True
-    include_smoke: bool = False
-    grid: pd.DataFrame = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.grid = grid_settings(self.cells)
+# ---------------------------------------------------------------------------------------------- GLUE grids
 
 
-def load_board(root: Path, include_smoke: bool = False, with_plots: bool = True) -> Board:
-    """Read every finished record under `root` (the results directory, `ZOO_RESULTS_DIR`)."""
-    return Board(root=root, lm=load_lm_runs(include_smoke), cells=load_glue_cells(include_smoke),
-                 references=load_references(root), plots=with_plots, include_smoke=include_smoke)
+@dataclass(frozen=True)
+class Setting:
+    """One (batch size, lr) of a task's grid: the mean dev score of its finished seeds (None: none) and counts."""
+
+    batch_size: int
+    lr: float
+    score: float | None
+    n_ok: int
+    n_failed: int
 
 
-# ---------------------------------------------------------------------------------------------- GLUE logic
+@dataclass(frozen=True)
+class TaskGrid:
+    """The grid of one (model tag, task): its settings, and the best cell as zoo.glue.grid chooses it."""
+
+    model: str
+    settings: dict[tuple[int, float], Setting]  # sorted by (batch size, lr)
+    best: dict[str, Any] | None  # the best setting's best seed; None when no cell finished with a score
+    best_dev: dict[str, float]  # the best setting's dev metrics, averaged over its finished seeds
+
+    @property
+    def best_setting(self) -> tuple[int, float] | None:
+        return (self.best["batch_size"], self.best["lr"]) if self.best else None
+
+    @property
+    def batch_sizes(self) -> list[int]:
+        return sorted({batch_size for batch_size, _ in self.settings})
+
+    @property
+    def lrs(self) -> list[float]:
+        return sorted({lr for _, lr in self.settings})
 
 
 def mean_metrics(devs: Sequence[dict[str, float]]) -> dict[str, float]:
     """Per metric, the mean over the cells that report it as a finite number."""
-    keys = sorted({key for dev in devs for key in dev})
     means = {}
-    for key in keys:
+    for key in sorted({key for dev in devs for key in dev}):
         values = [dev[key] for dev in devs if key in dev and math.isfinite(dev[key])]
         if values:
             means[key] = float(np.mean(values))
     return means
 
 
-def grid_setting(key: tuple[Any, ...], group: pd.DataFrame) -> dict[str, Any]:
-    """One (model, task, batch size, lr): seeds that finished averaged, failures counted."""
-    ok = sorted((row for row in group.to_dict("records") if row["status"] == "ok"),
-                key=lambda row: (row["seed"], row["run_id"]))
-    scores = [row["score"] for row in ok if math.isfinite(row["score"])]
-    return {
-        **dict(zip(GRID_KEYS, key)),
-        "score": float(np.mean(scores)) if scores else math.nan,
-        "n_ok": len(ok),
-        "n_failed": len(group) - len(ok),
-        "dev": mean_metrics([row["dev"] for row in ok]),
-        "recipe_path": ok[0]["recipe_path"] if ok else None,
-    }
+def task_grid(rows: list[dict[str, Any]]) -> TaskGrid:
+    """The grid of the cells of one (model tag, task); seed means and selection are zoo.glue.grid's."""
+    from zoo.glue.grid import best_row, score_table  # imports torch and transformers: only when there are cells
+
+    table, best = score_table(rows), best_row(rows)
+    counts = Counter((row["batch_size"], row["lr"], row["status"] == "ok") for row in rows)
+    settings = {(bs, lr): Setting(bs, lr, table[str(bs)][format_lr(lr)], counts[bs, lr, True], counts[bs, lr, False])
+                for bs, lr in sorted({(row["batch_size"], row["lr"]) for row in rows})}
+    best_setting = (best["batch_size"], best["lr"]) if best else None
+    best_dev = mean_metrics([row["dev"] for row in rows
+                             if row["status"] == "ok" and (row["batch_size"], row["lr"]) == best_setting])
+    return TaskGrid(rows[0]["model"], settings, best, best_dev)
 
 
-def grid_settings(cells: pd.DataFrame) -> pd.DataFrame:
-    """One row per (model_tag, task, batch_size, lr), seeds averaged."""
-    rows = [grid_setting(key, group) for key, group in cells.groupby(GRID_KEYS, sort=True)]
-    return pd.DataFrame(rows, columns=[*GRID_KEYS, "score", "n_ok", "n_failed", "dev", "recipe_path"])
+def task_grids(cells: Iterable[dict[str, Any]]) -> dict[str, dict[str, TaskGrid]]:
+    """model tag -> task -> its grid, both sorted."""
+    grouped: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for cell in cells:
+        grouped.setdefault((cell["model_tag"], cell["task"]), []).append(cell)
+    grids: dict[str, dict[str, TaskGrid]] = {}
+    for tag, task in sorted(grouped):
+        grids.setdefault(tag, {})[task] = task_grid(grouped[tag, task])
+    return grids
 
 
-def best_settings(grid: pd.DataFrame) -> pd.DataFrame:
-    """The best setting per (model_tag, task): highest mean dev score, then smaller batch size and lr."""
-    finished = grid[(grid["n_ok"] > 0) & grid["score"].notna()]
-    ranked = finished.sort_values(["score", "batch_size", "lr"], ascending=[False, True, True], kind="mergesort")
-    return ranked.drop_duplicates(["model_tag", "task"], keep="first").set_index(["model_tag", "task"])
+def line_average(tasks: dict[str, dict[str, float]]) -> tuple[float | None, int]:
+    """(GLUE average of a table row, number of tasks it covers): zoo.glue.metrics' GLUE average when all nine
+    tasks are there, else its partial average. A task scores only when all its registry metrics are finite."""
+    scores = {}
+    for task, metrics in tasks.items():
+        if task in GLUE_TASKS:
+            score = task_score({key: metrics.get(key, math.nan) for key in GLUE_TASKS[task].metrics})
+            if math.isfinite(score):
+                scores[task] = score
+    average = glue_average(scores)
+    return (average if average is not None else partial_average(scores)), len(scores)
 
 
-def best_cell(best: pd.DataFrame, model_tag: str, task: str) -> tuple[int, float] | None:
-    """(batch size, lr) of the best setting of (model_tag, task), or None when every cell failed."""
-    if (model_tag, task) not in best.index:
-        return None
-    chosen = best.loc[(model_tag, task)]
-    return int(chosen["batch_size"]), float(chosen["lr"])
+@dataclass(frozen=True)
+class Board:
+    """Everything the tables are made of, loaded once."""
+
+    root: Path
+    lm: pd.DataFrame
+    cells: list[dict[str, Any]]  # GLUE grid cells, rows of glue_row
+    grids: dict[str, dict[str, TaskGrid]]  # model tag -> task -> grid
+    references: list[Reference]
+    plots: bool = True
+    include_smoke: bool = False
 
 
-def task_score(task: str, metrics: dict[str, float]) -> float:
-    """GLUE's per-task score: the mean of the task's metrics (NaN if one is missing)."""
-    values = [metrics.get(key, math.nan) for key in GLUE_TASKS[task].metrics]
-    return float(np.mean(values)) if all(math.isfinite(v) for v in values) else math.nan
-
-
-def glue_average(tasks: dict[str, dict[str, float]]) -> tuple[float, int]:
-    """(mean of the per-task scores of the tasks present, how many tasks that is)."""
-    scores = [task_score(task, metrics) for task, metrics in tasks.items() if task in GLUE_TASKS]
-    scores = [s for s in scores if math.isfinite(s)]
-    return (float(np.mean(scores)) if scores else math.nan), len(scores)
+def load_board(root: Path, include_smoke: bool = False, with_plots: bool = True) -> Board:
+    """Read every finished record under `root` (the results directory, `ZOO_RESULTS_DIR`)."""
+    cells = [glue_row(*item) for item in finished_records("glue", include_smoke)]
+    return Board(root=root, lm=load_lm_runs(include_smoke), cells=cells, grids=task_grids(cells),
+                 references=load_references(root), plots=with_plots, include_smoke=include_smoke)
 
 
 # ---------------------------------------------------------------------------------------------- rendering
@@ -457,20 +466,20 @@ def lm_tables(board: Board, kind: str, links: Links, level: int) -> str:
     return "\n\n".join(parts) + f"\n\n{note}"
 
 
-def pct(value: float) -> str:
-    return NONE if not math.isfinite(value) else f"{100 * value:.1f}"
+def percent(value: float | None, scale: float = 100) -> str:
+    """'81.1' from a fraction (scale 100) or a percentage (scale 1); '—' when there is no number."""
+    return f"{scale * value:.1f}" if value is not None and math.isfinite(value) else NONE
 
 
 def task_cell(column: TaskColumn, metrics: dict[str, float], scale: float) -> str:
-    """'81.1/71.1' in the column's metric order; metrics given as fractions (scale 100) or percent (1)."""
-    return "/".join(NONE if not math.isfinite(metrics.get(k, math.nan)) else f"{scale * metrics[k]:.1f}"
-                    for k in column.metrics)
+    """'81.1/71.1' in the column's metric order."""
+    return "/".join(percent(metrics.get(key, math.nan), scale) for key in column.metrics)
 
 
-def average_cell(average: float, count: int, scale: float) -> str:
+def average_cell(average: float | None, count: int, scale: float) -> str:
     if count == 0:
         return NONE
-    text = f"{scale * average:.1f}"
+    text = percent(average, scale)
     return text if count == len(GLUE_COLUMNS) else f"{text} ({count}/{len(GLUE_COLUMNS)} tasks)"
 
 
@@ -507,33 +516,28 @@ class GlueLine:
                 row[column.label] = task_cell(column, self.tasks[column.task], self.scale)
             else:
                 row[column.label] = "failed" if column.task in self.failed else NONE
-        average, count = glue_average(self.tasks)
         if self.published_score is not None:
-            row["GLUE avg"] = f"{self.published_score:.1f}"
+            row["GLUE avg"] = percent(self.published_score, scale=1)
         else:
-            row["GLUE avg"] = average_cell(average, count, self.scale)
+            row["GLUE avg"] = average_cell(*line_average(self.tasks), self.scale)
         return row
 
     def rank(self) -> tuple[float, float]:
-        average, count = glue_average(self.tasks)
-        return -count, -(average if math.isfinite(average) else -math.inf)
+        """More tasks first, then the higher average."""
+        average, count = line_average(self.tasks)
+        return -count, -(average if average is not None else -math.inf)
 
 
 def zoo_glue_lines(board: Board, links: Links) -> list[GlueLine]:
     """One line per fine-tuned model: the best setting per task, ranked by tasks covered then average."""
-    best = best_settings(board.grid)
     lines = []
-    for tag, settings in board.grid.groupby("model_tag", sort=True):
-        model = board.cells.loc[board.cells["model_tag"] == tag, "model"].iloc[0]
-        tasks, cfg = {}, {}
-        for task in settings["task"].unique():
-            if (tag, task) in best.index:
-                chosen = best.loc[(tag, task)]
-                tasks[task] = chosen["dev"]
-                if chosen["recipe_path"] is not None:
-                    cfg[task] = chosen["recipe_path"]
-        failed = set(settings["task"]) - set(tasks)
-        lines.append(GlueLine(model_link(board, str(tag), model, links), "dev", tasks, failed, cfg, scale=100))
+    for tag, grids in board.grids.items():
+        chosen = {task: grid.best for task, grid in grids.items() if grid.best is not None}
+        tasks = {task: grids[task].best_dev for task in chosen}
+        cfg = {task: best["recipe_path"] for task, best in chosen.items() if best["recipe_path"] is not None}
+        failed = set(grids) - set(chosen)
+        model = next(iter(grids.values())).model
+        lines.append(GlueLine(model_link(board, tag, model, links), "dev", tasks, failed, cfg, scale=100))
     return sorted(lines, key=GlueLine.rank)
 
 
@@ -562,48 +566,42 @@ def glue_section(board: Board, links: Links, level: int) -> str:
     return "\n\n".join(parts)
 
 
-def grid_frame(settings: pd.DataFrame, best: tuple[int, float] | None) -> pd.DataFrame:
-    """Batch size (rows) x learning rate (columns) of mean dev scores; the best cell in bold."""
-    lrs = sorted(settings["lr"].unique())
+def grid_frame(grid: TaskGrid) -> pd.DataFrame:
+    """Batch size (rows) x learning rate (columns) of mean dev scores; the best setting in bold."""
     rows = []
-    for batch_size, by_bs in settings.groupby("batch_size", sort=True):
+    for batch_size in grid.batch_sizes:
         row = {"batch size": str(batch_size)}
-        for lr in lrs:
-            match = by_bs[by_bs["lr"] == lr]
-            row[f"lr {learning_rate(lr)}"] = grid_cell_text(match.iloc[0].to_dict(), best) if len(match) else NONE
+        for lr in grid.lrs:
+            setting = grid.settings.get((batch_size, lr))
+            row[f"lr {learning_rate(lr)}"] = grid_cell_text(setting, grid.best_setting) if setting else NONE
         rows.append(row)
     return pd.DataFrame(rows)
 
 
-def grid_cell_text(setting: dict[str, Any], best: tuple[int, float] | None) -> str:
-    if setting["n_ok"] == 0:
+def grid_cell_text(setting: Setting, best: tuple[int, float] | None) -> str:
+    if setting.n_ok == 0:
         return "failed"
-    text = pct(setting["score"])
-    if best == (setting["batch_size"], setting["lr"]):
+    text = percent(setting.score)
+    if best == (setting.batch_size, setting.lr):
         text = f"**{text}**"
-    notes = []
-    if setting["n_ok"] > 1:
-        notes.append(f"{setting['n_ok']} seeds")
-    if setting["n_failed"]:
-        notes.append(f"{setting['n_failed']} failed")
+    notes = [f"{setting.n_ok} seeds"] if setting.n_ok > 1 else []
+    if setting.n_failed:
+        notes.append(f"{setting.n_failed} failed")
     return f"{text} ({', '.join(notes)})" if notes else text
 
 
 def grids_section(board: Board, links: Links, level: int) -> str:
-    if board.grid.empty:
+    if not board.grids:
         return "_No GLUE grids recorded yet._"
-    best = best_settings(board.grid)
     parts = []
-    for tag, by_model in board.grid.groupby("model_tag", sort=True):
+    for tag, grids in board.grids.items():
         parts.append(f"{'#' * level} {tag}")
         for column in GLUE_COLUMNS:
-            settings = by_model[by_model["task"] == column.task]
-            if settings.empty:
+            if column.task not in grids:
                 continue
-            cell = best_cell(best, str(tag), column.task)
-            heat = heatmap_path(board, str(tag), column.task)
+            heat = heatmap_path(board, tag, column.task)
             title = f"{'#' * (level + 1)} {tag} · {column.label}" + (f" · {links.md('heatmap', heat)}" if heat else "")
-            frame = grid_frame(settings, cell)
+            frame = grid_frame(grids[column.task])
             parts.append(f"{title}\n\n{render_table(frame, right=list(frame.columns[1:]))}")
     parts.append("Mean dev score (%) per batch size × learning rate (`metrics.score` of the task); bold: the "
                  "setting the GLUE table uses.")
@@ -642,7 +640,7 @@ def leaderboard_markdown(board: Board) -> str:
 
 
 def marked_spans(text: str, source: str) -> dict[str, tuple[int, int]]:
-    """Section name -> (start, end) offsets of the text between its start and end markers."""
+    """Section name -> (start, end) offsets of the text between its start and end markers, in text order."""
     spans: dict[str, tuple[int, int]] = {}
     open_name, open_at = None, 0
     for match in MARKER.finditer(text):
@@ -666,36 +664,28 @@ def block_body(markdown: str) -> str:
     return "\n" + markdown.strip("\n") + "\n"
 
 
-def readme_blocks(board: Board, readme: Path, names: Iterable[str]) -> dict[str, str]:
-    """The sections a README asks for, with links relative to the README's folder."""
-    links = Links(readme.parent)
-    return {name: section(board, name, links, 4) for name in names}
-
-
-def require_markers(spans: dict[str, tuple[int, int]], source: str) -> None:
+def readme_tables(text: str, board: Board, readme: Path) -> list[tuple[str, int, int, str]]:
+    """(name, start, end, regenerated body) of each marked table of a README, in document order; links are
+    relative to the README's folder."""
+    spans = marked_spans(text, str(readme))
     if not spans:
-        raise ZooError(f"{source}: no leaderboard markers; put <!-- zoo:leaderboard:NAME:start --> and "
+        raise ZooError(f"{readme}: no leaderboard markers; put <!-- zoo:leaderboard:NAME:start --> and "
                        f"<!-- zoo:leaderboard:NAME:end --> where a table goes (NAME: {', '.join(SECTIONS)})")
+    links = Links(readme.parent)
+    return [(name, start, end, block_body(section(board, name, links, 4))) for name, (start, end) in spans.items()]
 
 
 def update_readme_text(text: str, board: Board, readme: Path) -> str:
     """`text` with every marked table regenerated; bytes outside the markers are kept as they are."""
-    spans = marked_spans(text, str(readme))
-    require_markers(spans, str(readme))
-    blocks = readme_blocks(board, readme, spans)
     pieces, last = [], 0
-    for name, (start, end) in sorted(spans.items(), key=lambda item: item[1][0]):
-        pieces += [text[last:start], block_body(blocks[name])]
+    for _, start, end, body in readme_tables(text, board, readme):
+        pieces += [text[last:start], body]
         last = end
-    pieces.append(text[last:])
-    return "".join(pieces)
+    return "".join([*pieces, text[last:]])
 
 
 def stale_readme_tables(text: str, board: Board, readme: Path) -> list[str]:
-    spans = marked_spans(text, str(readme))
-    require_markers(spans, str(readme))
-    blocks = readme_blocks(board, readme, spans)
-    return [name for name, (start, end) in spans.items() if text[start:end] != block_body(blocks[name])]
+    return [name for name, start, end, body in readme_tables(text, board, readme) if text[start:end] != body]
 
 
 # ---------------------------------------------------------------------------------------------- outputs
@@ -715,28 +705,27 @@ def plot_jobs(board: Board) -> list[PlotJob]:
         if path is not None:
             title = f"{display_name(run)} · {run['corpus']} · {run['run_id']}"
             jobs.append(PlotJob(path, lambda p, h=run["history"], t=title: plots.loss_curve(h, p, t)))
-    best = best_settings(board.grid)
-    for (tag, task), settings in board.grid.groupby(["model_tag", "task"], sort=True):
-        path = heatmap_path(board, str(tag), str(task))
-        if path is not None:
-            title = f"{tag} · {GLUE_TASKS[task].label}"
-            cell = best_cell(best, str(tag), str(task))
-            jobs.append(PlotJob(path, lambda p, s=settings, t=title, c=cell: draw_heatmap(s, p, t, c)))
+    for tag, grids in board.grids.items():
+        for task, grid in grids.items():
+            path = heatmap_path(board, tag, task)
+            if path is not None:
+                title = f"{tag} · {GLUE_TASKS[task].label}"
+                jobs.append(PlotJob(path, lambda p, g=grid, t=title: draw_heatmap(g, p, t)))
     return jobs
 
 
-def draw_heatmap(settings: pd.DataFrame, path: Path, title: str, best: tuple[int, float] | None) -> bool:
-    """The grid of one (model, task) as a heatmap; `best` is the (batch size, lr) the GLUE table uses."""
-    batch_sizes = sorted(settings["batch_size"].unique())
-    lrs = sorted(settings["lr"].unique())
-    scores = np.full((len(batch_sizes), len(lrs)), math.nan)
+def draw_heatmap(grid: TaskGrid, path: Path, title: str) -> bool:
+    """The grid of one (model, task) as a heatmap, the setting the GLUE table uses framed."""
+    scores = np.full((len(grid.batch_sizes), len(grid.lrs)), math.nan)
     failed = np.zeros(scores.shape, dtype=bool)
-    for setting in settings.to_dict("records"):
-        at = batch_sizes.index(setting["batch_size"]), lrs.index(setting["lr"])
-        scores[at] = 100 * setting["score"] if setting["n_ok"] else math.nan
-        failed[at] = setting["n_ok"] == 0
-    frame = (batch_sizes.index(best[0]), lrs.index(best[1])) if best else None
-    return plots.heatmap(scores, batch_sizes, [learning_rate(lr) for lr in lrs], path, title, failed, frame)
+    for setting in grid.settings.values():
+        at = grid.batch_sizes.index(setting.batch_size), grid.lrs.index(setting.lr)
+        if setting.score is not None:
+            scores[at] = 100 * setting.score
+        failed[at] = setting.n_ok == 0
+    best = grid.best_setting
+    frame = (grid.batch_sizes.index(best[0]), grid.lrs.index(best[1])) if best else None
+    return plots.heatmap(scores, grid.batch_sizes, [learning_rate(lr) for lr in grid.lrs], path, title, failed, frame)
 
 
 def write_plots(board: Board) -> tuple[int, int]:

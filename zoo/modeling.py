@@ -193,11 +193,21 @@ def _fused_clm_class(dense: type[PreTrainedModel]) -> type[PreTrainedModel]:
 FUSED_CLM = {cls.config_class.model_type: _fused_clm_class(cls) for cls in (GPT2LMHeadModel,)}
 
 
+def _check_config_keys(family: str, overrides: dict[str, Any]) -> None:
+    """Unknown keys would be kept silently by HF configs (e.g. YAML's `{n_layer:1}` is the key 'n_layer:1')."""
+    known = AutoConfig.for_model(family)
+    unknown = sorted(k for k in overrides if not hasattr(known, k))
+    if unknown:
+        raise ZooError(f"model.config: {family} has no setting {unknown[0]!r} (in YAML write `key: value`, "
+                       "with a space after the colon)")
+
+
 def scratch_config(recipe: Recipe, vocab_size: int, tokenizer: Any) -> Any:
     """HF config from the registry architecture plus recipe overrides, sized to the tokenizer."""
     spec = find_model_spec(recipe.model.name)
     if spec is None:
         raise ZooError(f"model {recipe.model.name!r} is not in the registry; cannot build it from scratch")
+    _check_config_keys(spec.family, recipe.model.config)
     settings = {**spec.config, **recipe.model.config, "vocab_size": vocab_size}
     if spec.family == "gpt2":
         settings.setdefault("bos_token_id", tokenizer.bos_token_id)

@@ -47,7 +47,7 @@ from zoo.errors import TrainingFailed, ZooError
 from zoo.evaluation import lm_metrics
 from zoo.modeling import build_model
 from zoo.models import count_parameters
-from zoo.recipe import Recipe, recipe_dict, recipe_hash, recipe_yaml
+from zoo.recipe import Recipe, recipe_hash, recipe_yaml
 from zoo.records import RECIPE_FILE, atomic_write, environment, new_run_id, now_iso, run_dir, write_record
 from zoo.tokenization import load_tokenizer
 
@@ -251,6 +251,7 @@ def run_lm(recipe: Recipe, run_id: str | None = None, resume: bool = False) -> d
     set_seed(recipe.train.seed)
     trainer: ZooTrainer | None = None
     main = is_main_rank()
+    training_started = False
     try:
         tokenizer = load_tokenizer(recipe.tokenizer.name)
         data = lm_data(recipe, tokenizer)
@@ -271,12 +272,13 @@ def run_lm(recipe: Recipe, run_id: str | None = None, resume: bool = False) -> d
         record.update(params=count_parameters(model), data={
             "fingerprint": data.fingerprint, "train_tokens": data.train_tokens, "eval_tokens": data.eval_tokens,
             "train_blocks": len(data.train), "eval_blocks": len(data.eval), "block_size": recipe.data.block_size})
-        if recipe.kind == "finetune":
-            before = trainer.evaluate(metric_key_prefix="before")
-            record["before"] = {"eval_loss": before["before_loss"], "perplexity": before["before_perplexity"]}
         checkpoint = get_last_checkpoint(str(output_dir)) if resume and output_dir.is_dir() else None
         if resume and checkpoint is None:
             raise ZooError(f"--resume: no checkpoint under {output_dir}")
+        training_started = True
+        if recipe.kind == "finetune":
+            before = trainer.evaluate(metric_key_prefix="before")
+            record["before"] = {"eval_loss": before["before_loss"], "perplexity": before["before_perplexity"]}
         record["resumed"] = checkpoint is not None
         record["resumed_from_step"] = int(checkpoint.rsplit("-", 1)[-1]) if checkpoint else None
         t_train = time.monotonic()
@@ -289,6 +291,8 @@ def run_lm(recipe: Recipe, run_id: str | None = None, resume: bool = False) -> d
         record.update(_summary(trainer, recipe, final, train_time, tokens_at_start.tokens))
         record.update(status="ok", checkpoint=str(Path("checkpoints") / run_id / "final"))
     except (Exception, KeyboardInterrupt) as exc:
+        if isinstance(exc, ZooError) and not training_started:
+            raise  # a user mistake found while setting up (data, model, resume): no run, so no record
         if is_distributed_launch():
             ignore_sigterm()
         reason = _failure_reason(exc, output_dir, started)

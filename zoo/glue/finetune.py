@@ -135,6 +135,12 @@ class GlueTrainer(Trainer):
     """The HF Trainer with length-grouped training batches, evaluation in dataset order (sorted by
     length) and a hard stop on a non-finite loss."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Sequence-classification heads return a batch mean even though their forward takes **kwargs;
+        # told otherwise, the Trainer would skip the division by grad_accum and scale by world size.
+        self.model_accepts_loss_kwargs = False
+
     def training_step(self, model: Any, inputs: Any, num_items_in_batch: Any = None) -> torch.Tensor:
         loss = super().training_step(model, inputs, num_items_in_batch)
         if not torch.isfinite(loss).all():
