@@ -115,9 +115,14 @@ class LinearCrossEntropy(torch.autograd.Function):
 
 
 def _fused_loss_applies(decoder: torch.nn.Linear) -> bool:
-    """The fused loss is used in float32 without autocast (the CPU default), where it was measured."""
+    """The fused loss is used in float32 without autocast (the CPU default), where it was measured.
+
+    Not under DeepSpeed ZeRO-3, whose partitioned parameters (`ds_id`) are gathered by the hooks of
+    the module that owns them: the fused loss reads the decoder's weights without calling it.
+    """
     weight = decoder.weight
-    return weight.dtype == torch.float32 and not torch.is_autocast_enabled(weight.device.type)
+    return (weight.dtype == torch.float32 and not torch.is_autocast_enabled(weight.device.type)
+            and not hasattr(weight, "ds_id"))
 
 
 def sparse_mlm_forward(model: PreTrainedModel, labels: torch.Tensor, **inputs: Any) -> MaskedLMOutput:

@@ -47,7 +47,7 @@ from zoo.errors import TrainingFailed, ZooError
 from zoo.evaluation import lm_metrics
 from zoo.modeling import build_model
 from zoo.models import count_parameters
-from zoo.recipe import Recipe, recipe_hash, recipe_yaml
+from zoo.recipe import Recipe, TrainSection, recipe_hash, recipe_yaml
 from zoo.records import RECIPE_FILE, atomic_write, environment, new_run_id, now_iso, run_dir, write_record
 from zoo.tokenization import load_tokenizer
 
@@ -174,37 +174,44 @@ def precision_flags(precision: str) -> dict[str, bool]:
     return {"bf16": precision == "bf16", "fp16": precision == "fp16"}
 
 
+def optimisation_arguments(t: TrainSection, eval_batch_size: int) -> dict[str, Any]:
+    """The TrainingArguments that a recipe's `train` section decides, shared by every zoo Trainer."""
+    return {
+        "per_device_train_batch_size": t.batch_size,
+        "per_device_eval_batch_size": eval_batch_size,
+        "gradient_accumulation_steps": t.grad_accum,
+        "learning_rate": t.lr,
+        "weight_decay": t.weight_decay,
+        "adam_beta2": t.adam_beta2,
+        "warmup_steps": t.warmup if t.warmup < 1 else int(t.warmup),
+        "lr_scheduler_type": t.schedule,
+        "max_steps": t.max_steps,
+        "num_train_epochs": t.epochs,
+        "seed": t.seed,
+        "data_seed": t.seed,
+        "max_grad_norm": t.max_grad_norm,
+        "dataloader_num_workers": t.dataloader_workers,
+        "logging_nan_inf_filter": False,
+        "remove_unused_columns": False,
+        "report_to": [],
+        "use_cpu": not torch.cuda.is_available(),
+        **precision_flags(t.precision),
+    }
+
+
 def training_arguments(recipe: Recipe, output_dir: Path, deepspeed_config: dict | None) -> TrainingArguments:
     t = recipe.train
     return TrainingArguments(
         output_dir=str(output_dir),
-        per_device_train_batch_size=t.batch_size,
-        per_device_eval_batch_size=recipe.eval.batch_size,
-        gradient_accumulation_steps=t.grad_accum,
-        learning_rate=t.lr,
-        weight_decay=t.weight_decay,
-        adam_beta2=t.adam_beta2,
-        warmup_steps=t.warmup if t.warmup < 1 else int(t.warmup),
-        lr_scheduler_type=t.schedule,
-        max_steps=t.max_steps,
-        num_train_epochs=t.epochs,
-        seed=t.seed,
-        data_seed=t.seed,
-        max_grad_norm=t.max_grad_norm,
+        **optimisation_arguments(t, recipe.eval.batch_size),
         logging_steps=t.log_every,
-        logging_nan_inf_filter=False,
         eval_strategy="steps" if t.eval_every else "no",
         eval_steps=t.eval_every or None,
         save_strategy="steps" if t.save_every else "no",
         save_steps=t.save_every or 500,
         save_total_limit=t.save_total_limit,
-        dataloader_num_workers=t.dataloader_workers,
-        remove_unused_columns=False,
-        report_to=[],
         include_num_input_tokens_seen="all",  # counted on every rank and summed: tokens_seen, tokens/s
         deepspeed=deepspeed_config,
-        use_cpu=not torch.cuda.is_available(),
-        **precision_flags(t.precision),
     )
 
 

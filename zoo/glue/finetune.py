@@ -43,7 +43,7 @@ from zoo.glue.tasks import GlueTask, get_task
 from zoo.models import count_parameters, find_model_spec, pretrained_source
 from zoo.records import RECIPE_FILE, atomic_write, environment, now_iso, write_record
 from zoo.tokenization import load_tokenizer
-from zoo.train import NonFiniteLoss, precision_flags
+from zoo.train import NonFiniteLoss, optimisation_arguments
 
 MODEL_INPUTS = ("input_ids", "token_type_ids", "attention_mask", "labels")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json")
@@ -193,34 +193,15 @@ class EpochHistory(TrainerCallback):
 
 
 def training_arguments(recipe: GlueRecipe, output_dir: str) -> TrainingArguments:
-    t = recipe.train
     return TrainingArguments(
         output_dir=output_dir,
-        per_device_train_batch_size=t.batch_size,
-        per_device_eval_batch_size=recipe.eval.batch_size,
-        gradient_accumulation_steps=t.grad_accum,
-        learning_rate=t.lr,
-        weight_decay=t.weight_decay,
-        adam_beta2=t.adam_beta2,
-        warmup_steps=t.warmup if t.warmup < 1 else int(t.warmup),
-        lr_scheduler_type=t.schedule,
-        max_steps=t.max_steps,
-        num_train_epochs=t.epochs,
-        seed=t.seed,
-        data_seed=t.seed,
-        max_grad_norm=t.max_grad_norm,
+        **optimisation_arguments(recipe.train, recipe.eval.batch_size),
         eval_strategy="epoch",
         logging_strategy="epoch",
-        logging_nan_inf_filter=False,
         save_strategy="no",
         train_sampling_strategy="group_by_length",
         length_column_name="length",
-        remove_unused_columns=False,
-        dataloader_num_workers=t.dataloader_workers,
-        report_to=[],
         disable_tqdm=True,
-        use_cpu=not torch.cuda.is_available(),
-        **precision_flags(t.precision),
     )
 
 
