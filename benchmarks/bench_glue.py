@@ -1,0 +1,204 @@
+"""GLUE grid: a run-per-cell baseline vs `zoo glue --grid` on the 20-cell RTE grid of bert-tiny.
+
+Baseline (Hugging Face course, chapter 3, one process per cell as a shell loop over a script would
+run it): `Dataset.map` tokenization of the task in every cell, `DataCollatorWithPadding`,
+`AutoModelForSequenceClassification`, the plain `Trainer` evaluating dev after every epoch with its
+default evaluation batch size, accuracy in `compute_metrics`.
+zoo: one `zoo glue MODEL --grid --tasks rte` invocation (tokenized once per task and cached,
+length-grouped batches, dev sorted by length in large batches), with its default one worker and with
+`--workers 2`.
+
+Both sides fine-tune the same checkpoint on the same examples with the same cells (batch size x
+learning rate), epochs, warm-up, weight decay and max length; the table gives the end-to-end wall time
+of the whole grid and the best dev accuracy each found. The checkpoint is a bert-tiny built from its
+config and saved once (pass --model for a pretrained one): speed does not depend on the weights.
+
+    python benchmarks/bench_glue.py            # 20 cells (bs {8,16,32,64,128} x lr {1e-4,3e-4,3e-5,5e-5}), 4 epochs
+    python benchmarks/bench_glue.py --quick    # 4 cells, 1 epoch, 256 training examples
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as common  # noqa: E402
+
+TARGET = 3.0
+
+
+@dataclass(frozen=True)
+class Grid:
+    model: str
+    batch_sizes: list[int] = field(default_factory=lambda: [8, 16, 32, 64, 128])
+    lrs: list[float] = field(default_factory=lambda: [1e-4, 3e-4, 3e-5, 5e-5])
+    epochs: float = 4.0
+    max_train_examples: int | None = None
+    max_eval_examples: int | None = None
+    max_length: int = 128
+    warmup: float = 0.1
+    weight_decay: float = 0.01
+    seed: int = 42
+
+    def zoo_overrides(self) -> list[str]:
+        sets = [f"grid.batch_sizes={json.dumps(self.batch_sizes)}", f"grid.lrs={json.dumps(self.lrs)}",
+                f"grid.seeds=[{self.seed}]", f"train.epochs={self.epochs}", f"train.warmup={self.warmup}",
+                f"train.weight_decay={self.weight_decay}", f"task.max_length={self.max_length}"]
+        if self.max_train_examples:
+            sets.append(f"task.max_train_examples={self.max_train_examples}")
+        if self.max_eval_examples:
+            sets.append(f"task.max_eval_examples={self.max_eval_examples}")
+        return sets
+
+
+# --------------------------------------------------------------------------- baseline: one cell
+
+
+def baseline_cell(spec: dict[str, Any]) -> dict[str, Any]:
+    """The course's fine-tuning recipe for one (batch size, lr) cell of RTE."""
+    import numpy as np
+    import torch
+    from datasets import Dataset
+    from transformers import (
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        DataCollatorWithPadding,
+        Trainer,
+        TrainingArguments,
+    )
+
+    from zoo.glue.data import read_split
+    from zoo.glue.tasks import get_task
+
+    grid = Grid(**spec["grid"])
+    task = get_task("rte")
+    train, dev = read_split(task, "train"), read_split(task, "dev")
+    raw_train = Dataset.from_dict({"sentence1": train.text_a, "sentence2": train.text_b, "label": train.labels})
+    raw_dev = Dataset.from_dict({"sentence1": dev.text_a, "sentence2": dev.text_b, "label": dev.labels})
+    if grid.max_train_examples:
+        raw_train = raw_train.select(range(min(grid.max_train_examples, len(raw_train))))
+    if grid.max_eval_examples:
+        raw_dev = raw_dev.select(range(min(grid.max_eval_examples, len(raw_dev))))
+    tokenizer = AutoTokenizer.from_pretrained(grid.model)
+
+    def tokenize_function(example: dict[str, list]) -> Any:
+        return tokenizer(example["sentence1"], example["sentence2"], truncation=True, max_length=grid.max_length)
+
+    tokenized_train = raw_train.map(tokenize_function, batched=True)
+    tokenized_dev = raw_dev.map(tokenize_function, batched=True)
+
+    def compute_metrics(prediction: Any) -> dict[str, float]:
+        return {"accuracy": float((np.argmax(prediction.predictions, axis=-1) == prediction.label_ids).mean())}
+
+    model = AutoModelForSequenceClassification.from_pretrained(grid.model, num_labels=2)
+    with common.scratch_dirs(own_cache=False) as tmp:
+        args = TrainingArguments(
+            output_dir=str(tmp / "cell"), eval_strategy="epoch", save_strategy="no", report_to=[],
+            learning_rate=spec["lr"], per_device_train_batch_size=spec["batch_size"], num_train_epochs=grid.epochs,
+            weight_decay=grid.weight_decay, warmup_steps=grid.warmup, seed=grid.seed,
+            use_cpu=not torch.cuda.is_available())
+        trainer = Trainer(model=model, args=args, train_dataset=tokenized_train, eval_dataset=tokenized_dev,
+                          data_collator=DataCollatorWithPadding(tokenizer), processing_class=tokenizer,
+                          compute_metrics=compute_metrics)
+        trainer.train()
+        accuracy = trainer.evaluate()["eval_accuracy"]  # the last epoch's model, as zoo's cell reports
+    return {"accuracy": accuracy}
+
+
+ARMS = {"baseline-cell": baseline_cell}
+
+
+# --------------------------------------------------------------------------- the two sides
+
+
+def run_baseline(grid: Grid) -> dict[str, Any]:
+    """Every cell in its own fresh process, one after the other; wall time of the whole loop."""
+    start = time.perf_counter()
+    scores = []
+    for batch_size in grid.batch_sizes:
+        for lr in grid.lrs:
+            spec = {"grid": asdict(grid), "batch_size": batch_size, "lr": lr}
+            scores.append(common.run_arm("bench_glue.py", "baseline-cell", spec)["accuracy"])
+    return {"wall_s": time.perf_counter() - start, "cells": len(scores), "best_dev_accuracy": max(scores)}
+
+
+def run_zoo(grid: Grid, workers: int) -> dict[str, Any]:
+    """One `zoo glue MODEL --grid --tasks rte` invocation in fresh results/cache directories."""
+    with common.scratch_dirs() as tmp:
+        command = [sys.executable, "-m", "zoo", "glue", grid.model, "--grid", "--tasks", "rte", "--workers",
+                   str(workers), "--smoke", "--set", *grid.zoo_overrides()]
+        start = time.perf_counter()
+        proc = subprocess.run(command, cwd=common.REPO, capture_output=True, text=True, env=dict(os.environ))
+        wall = time.perf_counter() - start
+        records = [json.loads(p.read_text()) for p in (tmp / "results").glob("glue/*/rte/*/run.json")]
+    ok = [r for r in records if r.get("status") == "ok"]
+    if proc.returncode != 0 or not ok:
+        raise RuntimeError(f"zoo glue failed: {proc.stderr.strip().splitlines()[-3:]}")
+    return {"wall_s": wall, "cells": len(ok), "best_dev_accuracy": max(r["metrics"]["score"] for r in ok)}
+
+
+def make_checkpoint(directory: Path) -> str:
+    """A bert-tiny MLM checkpoint from the registry config (random weights) plus its tokenizer."""
+    import torch
+    from transformers import BertConfig, BertForMaskedLM
+
+    from zoo.models import MODELS
+    from zoo.tokenization import load_tokenizer
+
+    tokenizer = load_tokenizer(MODELS["bert-tiny"].tokenizer)
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, **MODELS["bert-tiny"].config)
+    target = directory / "bert-tiny"
+    BertForMaskedLM(config).save_pretrained(target)
+    tokenizer.save_pretrained(target)
+    return str(target)
+
+
+def main() -> int:
+    common.setup_environment()
+    parser = common.arm_parser(__doc__.split("\n\n")[0])
+    parser.add_argument("--model", help="checkpoint directory (default: a bert-tiny built from its config)")
+    parser.add_argument("--workers", default="1,2", help="zoo --workers values to measure (default 1,2)")
+    args = parser.parse_args()
+    if args.arm:
+        common.emit(ARMS[args.arm](json.loads(args.arm_spec)))
+        return 0
+    print("machine:", json.dumps(common.machine()))
+    with common.scratch_dirs() as tmp:
+        model = args.model or make_checkpoint(tmp)
+        grid = (Grid(model, batch_sizes=[16, 32], lrs=[1e-4, 3e-4], epochs=1, max_train_examples=256,
+                     max_eval_examples=128) if args.quick else Grid(model))
+        sides: list[tuple[str, Any]] = [("baseline (process per cell)", lambda: run_baseline(grid))]
+        sides += [(f"zoo glue --grid --workers {w}", lambda w=int(w): run_zoo(grid, w))
+                  for w in args.workers.split(",")]
+        runners = dict(sides)
+        results: dict[str, list[dict[str, Any]]] = {name: [] for name in runners}
+        for repeat, name in common.interleaved(list(runners), args.repeats or 1):
+            result = runners[name]()
+            results[name].append(result)
+            print(f"  {name} #{repeat + 1}: {result['wall_s']:.0f} s for {result['cells']} cells, "
+                  f"best dev accuracy {result['best_dev_accuracy']:.4f}", flush=True)
+    wall = {name: common.median([r["wall_s"] for r in rs]) for name, rs in results.items()}
+    base = wall["baseline (process per cell)"]
+    rows = [{"side": name, "cells": rs[0]["cells"], "wall s": round(wall[name], 1),
+             "speedup": round(base / wall[name], 2), "best dev accuracy": round(rs[0]["best_dev_accuracy"], 4)}
+            for name, rs in results.items()]
+    cells = len(grid.batch_sizes) * len(grid.lrs)
+    common.print_table(rows, f"RTE grid, {cells} cells, {grid.epochs:g} epoch(s), bert-tiny: end-to-end wall time")
+    best = max(rows[1:], key=lambda r: r["speedup"])
+    verdict = "meets" if best["speedup"] >= TARGET else "MISSES"
+    print(f"fastest zoo side ({best['side']}): {common.fmt_ratio(best['speedup'])} the baseline "
+          f"({verdict} the {TARGET:.0f}x target)")
+    common.save_json(args.json, {"machine": common.machine(), "grid": asdict(grid), "rows": rows, "raw": results})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
