@@ -40,13 +40,12 @@ from zoo.glue.metrics import predictions_from_outputs, task_metrics, task_score
 from zoo.glue.predict import write_predictions
 from zoo.glue.recipe import GlueRecipe, cell_id, format_lr, glue_recipe_hash, glue_recipe_yaml, model_tag
 from zoo.glue.tasks import GlueTask, get_task
-from zoo.models import count_parameters, find_model_spec, pretrained_source
+from zoo.models import count_parameters, find_model_spec, has_tokenizer_files, pretrained_source
 from zoo.records import RECIPE_FILE, atomic_write, environment, now_iso, write_record
 from zoo.tokenization import load_tokenizer
 from zoo.train import NonFiniteLoss, optimisation_arguments
 
 MODEL_INPUTS = ("input_ids", "token_type_ids", "attention_mask", "labels")
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json")
 
 
 @dataclass
@@ -92,7 +91,7 @@ def tokenizer_source(recipe: GlueRecipe) -> str:
     if recipe.model.tokenizer:
         return recipe.model.tokenizer
     source = Path(pretrained_source(recipe.model.name))
-    if source.is_dir() and any((source / name).is_file() for name in TOKENIZER_FILES):
+    if has_tokenizer_files(source):
         return str(source)
     spec = find_model_spec(recipe.model.name)
     return spec.tokenizer if spec else recipe.model.name
