@@ -48,3 +48,15 @@ def text_corpus(tmp_path: Path) -> Path:
     path = tmp_path / "corpus.txt"
     path.write_text("\n\n".join(docs) + "\n", encoding="utf-8")
     return path
+
+
+def save_tiny_bert(directory: Path, **config: object) -> Path:
+    """A 1-layer BERT saved with the mirror's bert-base-uncased tokenizer, like a `zoo pretrain` checkpoint."""
+    from transformers import BertConfig, BertForMaskedLM
+
+    from zoo.tokenization import load_tokenizer
+
+    tokenizer = load_tokenizer("bert-base-uncased")
+    BertForMaskedLM(BertConfig(vocab_size=tokenizer.vocab_size, **{**TINY_BERT, **config})).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory

@@ -29,7 +29,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import TINY_BERT, TINY_GPT2
+from tests.conftest import TINY_BERT, TINY_GPT2, save_tiny_bert
 from zoo.cli import main
 from zoo.deepspeed import deepspeed_config, note_failure
 from zoo.launch import LAUNCHED_ENV, LaunchPlan, free_port, launch_environment, launcher_command, rank_arguments
@@ -97,7 +97,8 @@ def test_deepspeed_config_is_explicit_and_derived_from_train(text_corpus: Path) 
     raw = tiny_recipe("bert-tiny", text_corpus, "cfg", batch_size=6, zero_stage=3, grad_accum=4,
                       max_grad_norm=0.5)
     raw["deepspeed"].update(offload_optimizer=True, offload_params=True)
-    config = deepspeed_config(resolve(load_recipe(raw, "cfg")), world=8, bf16=True, fp16=False, hidden_size=32)
+    recipe = resolve(load_recipe(raw, "cfg"))
+    config = deepspeed_config(recipe.train, recipe.deepspeed, world=8, bf16=True, fp16=False, hidden_size=32)
     assert "auto" not in json.dumps(config)
     assert config["train_micro_batch_size_per_gpu"] == 6 and config["gradient_accumulation_steps"] == 4
     assert config["train_batch_size"] == 6 * 4 * 8 and config["gradient_clipping"] == 0.5
@@ -196,8 +197,7 @@ def test_train_loss_is_the_token_mean_of_the_whole_accumulated_step(text_corpus:
 
 
 def test_failed_rank_reason_leads_rank_0_record(isolated: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from zoo.deepspeed import RankTerminated
-    from zoo.train import _failure_reason
+    from zoo.deepspeed import RankTerminated, failure_reason
 
     notes = isolated / "notes"
     monkeypatch.setenv("RANK", "1")
@@ -206,11 +206,11 @@ def test_failed_rank_reason_leads_rank_0_record(isolated: Path, monkeypatch: pyt
     note_failure(notes, "earlier-run", "stale note of an earlier run")
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv("WORLD_SIZE", "2")
-    assert _failure_reason(RankTerminated("stopped"), notes, "t0") == (
+    assert failure_reason(RankTerminated("stopped"), notes, "t0") == (
         "rank 1: NonFiniteLoss: training loss became nan at step 3")
-    assert _failure_reason(RuntimeError("gloo: connection closed"), notes, "t0").endswith(
+    assert failure_reason(RuntimeError("gloo: connection closed"), notes, "t0").endswith(
         "(rank 0: RuntimeError: gloo: connection closed)")
-    assert _failure_reason(RuntimeError("alone"), notes, "other") == "RuntimeError: alone"
+    assert failure_reason(RuntimeError("alone"), notes, "other") == "RuntimeError: alone"
 
 
 # --------------------------------------------------------------------------- real 2-process launches
@@ -269,6 +269,59 @@ def test_two_processes_match_one_for_zero_0_to_3_on_bert_and_gpt2(text_corpus: P
         recipe = resolve(load_recipe(next(raw for raw in multi if raw["name"] == zero3["name"]), "zero3"))
         again = evaluate_checkpoint(recipe, str(final))
         assert again["perplexity"] == pytest.approx(zero3["metrics"]["perplexity"], rel=RELATIVE_TOLERANCE)
+
+
+GLUE_CELLS = ["--task", "rte", "--smoke", "--set", "task.max_train_examples=48", "task.max_eval_examples=41",
+              "train.epochs=3", "grid.batch_sizes=[8,16]", "grid.lrs=[3e-3]"]
+
+
+def glue_records(results: Path) -> dict[int, dict[str, Any]]:
+    """batch size -> record of every GLUE cell under `results`."""
+    found = [json.loads(p.read_text()) for p in sorted((results / "glue").glob("*/rte/*/run.json"))]
+    return {r["hparams"]["batch_size"]: r for r in found}
+
+
+def test_glue_launch_flags_are_checked_before_anything_runs(tmp_path: Path, isolated: Path, mirror: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    model = str(save_tiny_bert(tmp_path / "tiny-bert"))
+    capsys.readouterr()
+    for flags, message in ((["--workers", "2", "--nproc", "2"], "not both"),
+                           (["--nproc", "3"], "batch size(s) [8, 16] cannot be split evenly over 3 processes")):
+        assert main(["glue", model, "--grid", *GLUE_CELLS, *flags]) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1
+    assert not (isolated / "results").exists()
+
+
+@pytest.mark.slow
+def test_glue_grid_on_two_processes_matches_one_process(tmp_path: Path, isolated: Path, mirror: Path) -> None:
+    """`zoo glue --grid --nproc 2`: each cell trains data-parallel on both processes with the cell's batch
+    size split between them (GLUE batch sizes are global), so its epochs match a 1-process run."""
+    model = str(save_tiny_bert(tmp_path / "tiny-bert", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0))
+    assert main(["glue", model, "--grid", *GLUE_CELLS]) == 0
+    single = glue_records(isolated / "results")
+
+    command = [sys.executable, "-m", "zoo", "glue", model, "--grid", *GLUE_CELLS, "--nproc", "2"]
+    result = launch(command, {"ZOO_RESULTS_DIR": str(isolated / "multi")})
+    assert result.returncode == 0, result.stderr[-3000:]
+    multi = glue_records(isolated / "multi")
+    assert sorted(multi) == sorted(single) == [8, 16]  # exactly one record per cell
+    for batch_size, record in multi.items():
+        reference = single[batch_size]
+        assert record["status"] == "ok" and record["run_id"] == reference["run_id"]  # the same cell
+        assert record["launch"] == {"world_size": 2, "deepspeed": True, "zero_stage": 0}
+        assert "launch" not in reference
+        for epoch, expected in zip(record["epochs"], reference["epochs"], strict=True):
+            assert epoch["epoch"] == expected["epoch"]
+            assert epoch["train_loss"] == pytest.approx(expected["train_loss"], rel=RELATIVE_TOLERANCE)
+            assert epoch["dev"] == pytest.approx(expected["dev"], abs=1e-9)  # 41 examples: uneven shards, exact counts
+        config = json.loads((isolated / "multi" / "glue" / "tiny-bert" / "rte" / record["run_id"]
+                             / "deepspeed.json").read_text())
+        assert config["train_batch_size"] == batch_size and config["train_micro_batch_size_per_gpu"] == batch_size // 2
+    assert result.stdout.count("rte bs") == 2  # rank 0 alone reports
+
+    again = launch(command, {"ZOO_RESULTS_DIR": str(isolated / "multi")})
+    assert again.returncode == 0 and "ran 0 cell(s)" in again.stdout, again.stderr[-3000:]
 
 
 SITECUSTOMIZE = """

@@ -10,14 +10,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-from transformers import BertConfig, BertForMaskedLM
 
-from tests.conftest import TINY_BERT
+from tests.conftest import save_tiny_bert
 from zoo.cli import main
 from zoo.glue.finetune import Cell
 from zoo.glue.grid import claimed, run_claimed
 from zoo.glue.recipe import cell_recipe, load_glue_recipe
-from zoo.tokenization import load_tokenizer
 
 RECORD_KEYS = {"run_id", "kind", "model", "model_tag", "task", "status", "reason", "smoke", "recipe_hash", "recipe",
                "hparams", "epochs", "metrics", "params", "started_at", "finished_at", "wall_time_s", "environment"}
@@ -27,12 +25,7 @@ GRID_2X2 = [*TINY_TASK, "grid.batch_sizes=[8,16]", "grid.lrs=[1e-4,3e-4]"]
 
 @pytest.fixture
 def tiny_model(tmp_path: Path, mirror: Path) -> Path:
-    """A 1-layer BERT saved with its tokenizer, like a `zoo pretrain` checkpoint."""
-    tokenizer = load_tokenizer("bert-base-uncased")
-    directory = tmp_path / "tiny-bert"
-    BertForMaskedLM(BertConfig(vocab_size=tokenizer.vocab_size, **TINY_BERT)).save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return directory
+    return save_tiny_bert(tmp_path / "tiny-bert")
 
 
 def records(root: Path, task: str) -> list[Path]:

@@ -22,7 +22,7 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from zoo.recipe import Recipe
+from zoo.recipe import DeepSpeedSection, TrainSection
 from zoo.records import atomic_write
 
 DEEPSPEED_CONFIG_FILE = "deepspeed.json"
@@ -43,9 +43,8 @@ def is_main_rank() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def zero_section(recipe: Recipe, hidden_size: int | None, pin_memory: bool) -> dict[str, Any]:
+def zero_section(ds: DeepSpeedSection, hidden_size: int | None, pin_memory: bool) -> dict[str, Any]:
     """`zero_optimization`: the stage, CPU offload, and for ZeRO-3 the buckets sized to the model."""
-    ds = recipe.deepspeed
     zero: dict[str, Any] = {"stage": ds.zero_stage}
     if ds.offload_optimizer and ds.zero_stage >= 1:
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": pin_memory}
@@ -61,10 +60,9 @@ def zero_section(recipe: Recipe, hidden_size: int | None, pin_memory: bool) -> d
     return zero
 
 
-def deepspeed_config(recipe: Recipe, world: int, bf16: bool, fp16: bool, hidden_size: int | None = None,
-                     pin_memory: bool = False) -> dict[str, Any]:
-    """The DeepSpeed config for `recipe` run by `world` processes with the resolved precision flags."""
-    t = recipe.train
+def deepspeed_config(t: TrainSection, ds: DeepSpeedSection, world: int, bf16: bool, fp16: bool,
+                     hidden_size: int | None = None, pin_memory: bool = False) -> dict[str, Any]:
+    """The DeepSpeed config for a `train` section (batch_size per process) run by `world` processes."""
     return {
         "train_micro_batch_size_per_gpu": t.batch_size,
         "gradient_accumulation_steps": t.grad_accum,
@@ -72,7 +70,7 @@ def deepspeed_config(recipe: Recipe, world: int, bf16: bool, fp16: bool, hidden_
         "gradient_clipping": t.max_grad_norm,
         "bf16": {"enabled": bf16},
         "fp16": {"enabled": fp16},
-        "zero_optimization": zero_section(recipe, hidden_size, pin_memory),
+        "zero_optimization": zero_section(ds, hidden_size, pin_memory),
         "steps_per_print": 10**9,  # zoo logs the loss itself (train.log_every); keep DeepSpeed quiet
         "wall_clock_breakdown": False,
     }
@@ -158,3 +156,13 @@ def peer_failures(directory: Path, started: str) -> list[str]:
         if note.get("started") == started:
             found.append(f"rank {note['rank']}: {note['reason']}")
     return found
+
+
+def failure_reason(exc: BaseException, notes_dir: Path, started: str) -> str:
+    """Why this rank stopped, one line; in rank 0 of a launch, led by the reasons other ranks noted."""
+    own = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"{exc.__class__.__name__}: {exc}"
+    own = (own.splitlines() or [""])[0]
+    peers = peer_failures(notes_dir, started) if is_distributed_launch() and is_main_rank() else []
+    if not peers:
+        return own
+    return "; ".join(peers) + ("" if isinstance(exc, RankTerminated) else f" (rank 0: {own})")

@@ -29,15 +29,14 @@ from zoo.data import (
 )
 from zoo.deepspeed import (
     DEEPSPEED_CONFIG_FILE,
-    RankTerminated,
     as_single_rank,
     deepspeed_config,
+    failure_reason,
     ignore_sigterm,
     is_distributed_launch,
     is_main_rank,
     join_launch,
     note_failure,
-    peer_failures,
     save_config,
     shared_from_main,
     stop_on_sigterm,
@@ -302,7 +301,7 @@ def run_lm(recipe: Recipe, run_id: str | None = None, resume: bool = False) -> d
             raise  # a user mistake found while setting up (data, model, resume): no run, so no record
         if is_distributed_launch():
             ignore_sigterm()
-        reason = _failure_reason(exc, output_dir, started)
+        reason = failure_reason(exc, output_dir, started)
         record.update(status="failed", reason=" ".join(reason.split())[:500])
         if trainer is not None:
             record["history"] = history(trainer.state.log_history)
@@ -347,22 +346,12 @@ def _engine_config(recipe: Recipe, model: Any, record_dir: Path | None) -> dict[
     if not (recipe.deepspeed.enabled or is_distributed_launch()):
         return None
     as_single_rank()
-    config = deepspeed_config(recipe, world_size(), **precision_flags(recipe.train.precision),
+    config = deepspeed_config(recipe.train, recipe.deepspeed, world_size(), **precision_flags(recipe.train.precision),
                               hidden_size=getattr(model.config, "hidden_size", None),
                               pin_memory=torch.cuda.is_available())
     if record_dir is not None:
         save_config(config, record_dir)
     return config
-
-
-def _failure_reason(exc: BaseException, output_dir: Path, started: str) -> str:
-    """Why the run stopped; in rank 0 of a launch, led by the reasons other ranks left."""
-    own = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"{exc.__class__.__name__}: {exc}"
-    own = own.splitlines()[0]
-    peers = peer_failures(output_dir, started) if is_distributed_launch() and is_main_rank() else []
-    if not peers:
-        return own
-    return "; ".join(peers) + ("" if isinstance(exc, RankTerminated) else f" (rank 0: {own})")
 
 
 def _summary(trainer: ZooTrainer, recipe: Recipe, final: dict[str, float], train_time: float,

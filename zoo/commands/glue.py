@@ -12,12 +12,15 @@ from tabulate import tabulate
 from zoo import paths
 from zoo.cli import add_recipe_options
 from zoo.commands.catalog import validator
+from zoo.deepspeed import is_distributed_launch, is_main_rank, join_launch, shared_from_main, stop_on_sigterm
 from zoo.errors import ZooError
+from zoo.launch import add_launch_options, launch_requested, maybe_relaunch
 
 EXAMPLES = """examples:
   zoo glue bert-tiny --task rte --set train.lr=1e-4 train.batch_size=32   # one cell
   zoo glue checkpoints/<run>/final --grid --workers 2                     # the classic grid, all tasks with data
   zoo glue <run-id> --grid --tasks cola,rte --predict-test                # + GLUE submission files
+  zoo glue <run-id> --grid --tasks mnli,qqp --gpus 8                       # each cell data-parallel on 8 GPUs
   zoo glue --recipe results/glue/<tag>/rte/<cell>/recipe.yaml             # reproduce a cell
 """
 
@@ -63,7 +66,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--grid", action="store_true", help="run the recipe's grid (default: every task with data)")
     parser.add_argument("--tasks", help="comma-separated tasks of the grid, e.g. cola,rte (sets grid.tasks)")
     parser.add_argument("--workers", type=int, default=1, metavar="N",
-                        help="cells run in N parallel processes (one GPU each when there are GPUs)")
+                        help="cells run in N parallel processes (one GPU each when there are GPUs); for big "
+                             "tasks use --nproc/--gpus instead: every cell trains data-parallel on all of them")
     parser.add_argument("--predict-test", action="store_true",
                         help="write the best cell's test predictions per task in the GLUE submission format")
     parser.add_argument("--predict-dir", metavar="DIR",
@@ -73,6 +77,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_recipe_options(parser)
     parser.add_argument("--smoke", action="store_true", help="mark the runs as smoke tests (off leaderboards)")
     parser.add_argument("--dry-run", action="store_true", help="print the resolved recipe or the cells, and exit")
+    add_launch_options(parser)
     parser.set_defaults(func=run_command)
 
 
@@ -153,15 +158,24 @@ def print_summary(summary: dict[str, Any], tasks: list[str]) -> None:
 # --------------------------------------------------------------------------- running
 
 
-def run_cells(cells: list[Any], args: argparse.Namespace) -> Any:
-    from zoo.glue.grid import run_grid
+def run_mode(args: argparse.Namespace) -> str:
+    if is_distributed_launch():
+        from zoo.deepspeed import world_size
 
-    todo = len(cells)
+        return f"each cell on {world_size()} processes"
+    return f"{args.workers} worker(s)"
+
+
+def run_cells(cells: list[Any], args: argparse.Namespace) -> Any:
+    from zoo.glue.grid import is_done, run_grid
+
+    todo = len(cells) if args.force else sum(not is_done(cell) for cell in cells)
     count = {"n": 0}
 
     def show(outcome: Any) -> None:
         count["n"] += 1
-        print(outcome_line(count["n"], todo, outcome), flush=True)
+        if is_main_rank():
+            print(outcome_line(count["n"], todo, outcome), flush=True)
 
     return run_grid(cells, workers=args.workers, predict_test=args.predict_test, force=args.force, on_outcome=show)
 
@@ -172,15 +186,23 @@ def write_submission(cells: list[Any], summary: dict[str, Any], args: argparse.N
     from zoo.glue.grid import best_cells, run_claimed, summarize, write_summary
     from zoo.glue.predict import assemble_submission
 
+    main, launched = is_main_rank(), is_distributed_launch()
     files: dict[str, Path] = {}
     for key, cell in best_cells(cells, summary).items():
         needed = [s for s in cell.task.splits_for("test") if data.split_available(s)]
-        if any(not (cell.predictions_dir / s.submission).is_file() for s in needed):
-            print(f"{key}: the best cell {cell.run_id} has no test predictions; running it again to make them")
+        missing = any(not (cell.predictions_dir / s.submission).is_file() for s in needed)
+        if launched:
+            missing = shared_from_main(missing)
+        if missing:  # in a launch, a collective re-run; rank 0 writes
+            if main:
+                print(f"{key}: the best cell {cell.run_id} has no test predictions; running it again to make them")
             run_claimed(cell, predict_test=True, force=True)
-            summary = write_summary(cells, cells[0].model) if args.grid else summarize(cells, cells[0].model)
+            if main:
+                summary = write_summary(cells, cells[0].model) if args.grid else summarize(cells, cells[0].model)
         files.update({s.submission: cell.predictions_dir / s.submission for s in needed
                       if (cell.predictions_dir / s.submission).is_file()})
+    if not main:
+        return summary
     cell = cells[0]
     default = paths.checkpoints_dir() / "glue" / cell.tag / ("submission-smoke" if cell.recipe.smoke else "submission")
     out_dir = Path(args.predict_dir) if args.predict_dir else default
@@ -202,6 +224,23 @@ def print_cell(cell: Any) -> None:
           f"{cell.directory / 'run.json'}")
 
 
+def check_launch(args: argparse.Namespace, cells: list[Any]) -> None:
+    """--workers and a launch do not mix; every cell's batch must split evenly over the processes."""
+    if args.workers < 1:
+        raise ZooError("--workers must be at least 1")
+    if not launch_requested(args):
+        return
+    if args.workers > 1:
+        raise ZooError("give --workers (cells side by side) or --nproc/--gpus/--hostfile (each cell on every "
+                       "process), not both")
+    per_node = args.nproc or args.gpus
+    world = per_node * (args.nodes or 1) if per_node and not args.hostfile else None  # else known in the ranks
+    uneven = sorted({c.recipe.train.batch_size for c in cells if world and c.recipe.train.batch_size % world})
+    if uneven:
+        raise ZooError(f"batch size(s) {uneven} cannot be split evenly over {world} processes "
+                       "(GLUE batch sizes are global); choose another process count or grid")
+
+
 def run_command(args: argparse.Namespace) -> int:
     if args.list_tasks:
         return list_tasks()
@@ -209,8 +248,6 @@ def run_command(args: argparse.Namespace) -> int:
     from zoo.glue.recipe import glue_recipe_yaml, single_cell
     from zoo.models import pretrained_source
 
-    if args.workers < 1:
-        raise ZooError("--workers must be at least 1")
     recipe = recipe_from_args(args)
     model = args.model or recipe.model.name
     if args.grid:
@@ -228,19 +265,31 @@ def run_command(args: argparse.Namespace) -> int:
             print(f"{cell.directory}")
         return 0
     pretrained_source(recipe.model.name)  # a missing model is a user error (exit 2), not N failed cells
+    check_launch(args, cells)
+    launched = maybe_relaunch(args)  # checked cells, now run them in every rank of the launch
+    if launched is not None:
+        return launched
+    if is_distributed_launch():
+        stop_on_sigterm()
+        join_launch()
+    main = is_main_rank()
     t0 = time.monotonic()
-    print(f"zoo glue {model}: {len(cells)} cell(s) over {', '.join(tasks)}, {args.workers} worker(s); "
-          f"records in {paths.results_dir() / 'glue' / cells[0].tag}", flush=True)
+    if main:
+        print(f"zoo glue {model}: {len(cells)} cell(s) over {', '.join(tasks)}, {run_mode(args)}; "
+              f"records in {paths.results_dir() / 'glue' / cells[0].tag}", flush=True)
     report = run_cells(cells, args)
-    print(f"\nran {len(report.outcomes) - report.count('done') - report.count('busy')} cell(s) "
-          f"({report.count('ok')} ok, {report.count('failed')} failed), skipped {report.skipped_done} finished, "
-          f"in {elapsed(t0)}")
-    if args.grid:  # the per-model summary is the grid's; a single run leaves it alone
-        summary = write_summary(cells, model)
-        print_summary(summary, tasks)
-    else:
-        summary = summarize(cells, model)
-        print_cell(cells[0])
+    if main:
+        print(f"\nran {len(report.outcomes) - report.count('done') - report.count('busy')} cell(s) "
+              f"({report.count('ok')} ok, {report.count('failed')} failed), skipped {report.skipped_done} "
+              f"finished, in {elapsed(t0)}")
+        if args.grid:  # the per-model summary is the grid's; a single run leaves it alone
+            summary = write_summary(cells, model)
+            print_summary(summary, tasks)
+        else:
+            summary = summarize(cells, model)
+            print_cell(cells[0])
+    if is_distributed_launch():
+        summary = shared_from_main(summary if main else None)
     if report.interrupted:
         raise KeyboardInterrupt
     if args.predict_test:

@@ -11,6 +11,7 @@ number of epochs). Every epoch's dev metrics are kept in the record's `epochs` l
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import tempfile
 import time
@@ -34,6 +35,18 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.utils import logging as hf_logging
 
 from zoo import paths
+from zoo.deepspeed import (
+    DEEPSPEED_CONFIG_FILE,
+    deepspeed_config,
+    failure_reason,
+    ignore_sigterm,
+    is_distributed_launch,
+    is_main_rank,
+    note_failure,
+    save_config,
+    stop_on_sigterm,
+    world_size,
+)
 from zoo.errors import ZooError
 from zoo.glue import data
 from zoo.glue.metrics import predictions_from_outputs, task_metrics, task_score
@@ -41,9 +54,10 @@ from zoo.glue.predict import write_predictions
 from zoo.glue.recipe import GlueRecipe, cell_id, format_lr, glue_recipe_hash, glue_recipe_yaml, model_tag
 from zoo.glue.tasks import GlueTask, get_task
 from zoo.models import count_parameters, find_model_spec, has_tokenizer_files, pretrained_source
+from zoo.recipe import DeepSpeedSection, TrainSection
 from zoo.records import RECIPE_FILE, atomic_write, environment, now_iso, write_record
 from zoo.tokenization import load_tokenizer
-from zoo.train import NonFiniteLoss, optimisation_arguments
+from zoo.train import NonFiniteLoss, optimisation_arguments, precision_flags
 
 MODEL_INPUTS = ("input_ids", "token_type_ids", "attention_mask", "labels")
 
@@ -72,9 +86,13 @@ class Cell:
         return paths.results_dir() / "glue" / self.tag / self.task.key / self.run_id
 
     @property
+    def work_dir(self) -> Path:
+        """The cell's files that stay outside git: test predictions (QQP/MNLI files are large), rank notes."""
+        return paths.checkpoints_dir() / "glue" / self.tag / self.task.key / self.run_id
+
+    @property
     def predictions_dir(self) -> Path:
-        """Test predictions live with checkpoints, outside git (QQP/MNLI files are large)."""
-        return paths.checkpoints_dir() / "glue" / self.tag / self.task.key / self.run_id / "predictions"
+        return self.work_dir / "predictions"
 
     @property
     def label(self) -> str:
@@ -142,7 +160,10 @@ class GlueTrainer(Trainer):
 
     def training_step(self, model: Any, inputs: Any, num_items_in_batch: Any = None) -> torch.Tensor:
         loss = super().training_step(model, inputs, num_items_in_batch)
-        if not torch.isfinite(loss).all():
+        finite = torch.isfinite(loss.detach()).all()
+        if self.args.world_size > 1:  # every rank stops at the same step, so the launch stays in step
+            finite = self.accelerator.gather(finite.reshape(1).to(torch.int64)).min().bool()
+        if not finite:
             raise NonFiniteLoss(f"training loss became {loss.item()} at step {self.state.global_step + 1}")
         return loss
 
@@ -151,8 +172,10 @@ class GlueTrainer(Trainer):
         # The Trainer would hand the arrow `length` column to the sampler, which then reads it one item
         # at a time: 28 s per epoch on SST-2 against 1.2 s with a plain list.
         lengths = np.asarray(dataset["length"]).tolist()
-        return LengthGroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
-                                    lengths=lengths)
+        # Groups of one whole optimizer step over all ranks: the launch's batches (the sampler's order
+        # cut into per-rank slices by accelerate) are then those of a single process.
+        step = self.args.train_batch_size * self.args.gradient_accumulation_steps * self.args.world_size
+        return LengthGroupedSampler(step, lengths=lengths)
 
     def _get_eval_sampler(self, eval_dataset: Any) -> torch.utils.data.Sampler | None:
         if self.args.world_size <= 1:
@@ -191,10 +214,31 @@ class EpochHistory(TrainerCallback):
         self.epochs[-1]["dev"].update(dev_metrics(self.task, metrics or {}))
 
 
-def training_arguments(recipe: GlueRecipe, output_dir: str) -> TrainingArguments:
+def rank_train_section(t: TrainSection, world: int) -> TrainSection:
+    """The `train` section one of `world` processes runs: GLUE batch sizes are global (a cell means the
+    same on any number of processes), so each process takes batch_size / world examples per step."""
+    if t.batch_size % world:
+        raise ZooError(f"batch size {t.batch_size} cannot be split evenly over {world} processes")
+    return dataclasses.replace(t, batch_size=t.batch_size // world)
+
+
+def engine_config(recipe: GlueRecipe, model: Any) -> dict[str, Any] | None:
+    """In a multi-process launch, the DeepSpeed config (ZeRO 0: the models are small) derived from `train`."""
+    if not is_distributed_launch():
+        return None
+    world = world_size()
+    return deepspeed_config(rank_train_section(recipe.train, world), DeepSpeedSection(enabled=True), world,
+                            **precision_flags(recipe.train.precision),
+                            hidden_size=getattr(model.config, "hidden_size", None),
+                            pin_memory=torch.cuda.is_available())
+
+
+def training_arguments(recipe: GlueRecipe, output_dir: str, ds_config: dict[str, Any] | None = None
+                       ) -> TrainingArguments:
     return TrainingArguments(
         output_dir=output_dir,
-        **optimisation_arguments(recipe.train, recipe.eval.batch_size),
+        **optimisation_arguments(rank_train_section(recipe.train, world_size()), recipe.eval.batch_size),
+        deepspeed=ds_config,
         eval_strategy="epoch",
         logging_strategy="epoch",
         save_strategy="no",
@@ -244,7 +288,9 @@ def predict_tests(trainer: Trainer, task: GlueTask, recipe: GlueRecipe, tokenize
         dataset = data.by_length(dataset)
         outputs = trainer.predict(dataset).predictions
         outputs = outputs[0] if isinstance(outputs, tuple) else outputs
-        written.append(write_predictions(task, split, outputs, np.asarray(dataset["idx"]), out).name)
+        if is_main_rank():  # in a launch every rank holds all the gathered predictions
+            write_predictions(task, split, outputs, np.asarray(dataset["idx"]), out)
+        written.append(split.submission)
     return written
 
 
@@ -271,8 +317,15 @@ def train_and_evaluate(cell: Cell, record: dict[str, Any], predict_test: bool) -
     record["data"] = {"fingerprints": cell_inputs.fingerprints, "train_examples": len(cell_inputs.train),
                       "max_length": recipe.task.max_length}
     history = EpochHistory(task)
+    ds_config = engine_config(recipe, model)
+    if ds_config is not None:
+        record["launch"] = {"world_size": world_size(), "deepspeed": True, "zero_stage": 0}
+        record["deepspeed_config"] = DEEPSPEED_CONFIG_FILE
+        if is_main_rank():
+            save_config(ds_config, cell.directory)
     with tempfile.TemporaryDirectory(prefix="zoo-glue-") as scratch:
-        trainer = GlueTrainer(model=model, args=training_arguments(recipe, scratch), train_dataset=cell_inputs.train,
+        args = training_arguments(recipe, scratch, ds_config)
+        trainer = GlueTrainer(model=model, args=args, train_dataset=cell_inputs.train,
                               eval_dataset=cell_inputs.dev, data_collator=PadCollator(tokenizer),
                               processing_class=tokenizer, compute_metrics=metrics_function(task),
                               callbacks=[history])
@@ -293,29 +346,42 @@ def train_and_evaluate(cell: Cell, record: dict[str, Any], predict_test: bool) -
             record["predictions"] = {"dir": str(cell.predictions_dir), "files": files}
 
 
-def run_cell(cell: Cell, predict_test: bool = False) -> dict[str, Any]:
+def run_cell(cell: Cell, predict_test: bool = False, started: str | None = None) -> dict[str, Any]:
     """Fine-tune and evaluate one cell, write its record (ok or failed), return the record.
 
     A failure is recorded with its reason and returned, not raised: a grid goes on. Ctrl-C records
-    the cell as failed ('interrupted') and is re-raised.
+    the cell as failed ('interrupted') and is re-raised. In a multi-process launch every rank runs the
+    cell (`started`: rank 0's start time, the same in all) and only rank 0 writes; a non-finite loss
+    stops every rank at the same step, so the grid goes on, but any other failure is raised: a rank
+    that fails alone leaves the others waiting for it, so the launch must end (see zoo.deepspeed).
     """
     t0 = time.monotonic()
     record = new_record(cell)
+    record["started_at"] = started or record["started_at"]
     try:
         train_and_evaluate(cell, record, predict_test)
         record.update(status="ok")
     except (Exception, KeyboardInterrupt) as exc:
-        reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"{exc.__class__.__name__}: {exc}"
-        record.update(status="failed", reason=(reason.splitlines() or [""])[0][:500])
+        launched = is_distributed_launch()
+        if launched:
+            ignore_sigterm()  # the launcher stopping this rank must not cut its record or note short
+        reason = failure_reason(exc, cell.work_dir, record["started_at"])
+        record.update(status="failed", reason=reason[:500])
+        if launched and not is_main_rank():
+            note_failure(cell.work_dir, record["started_at"], reason)
         finish(cell, record, t0)
-        if isinstance(exc, KeyboardInterrupt):
+        if isinstance(exc, KeyboardInterrupt) or (launched and not isinstance(exc, NonFiniteLoss)):
             raise
+        if launched:
+            stop_on_sigterm()
         return record
     finish(cell, record, t0)
     return record
 
 
 def finish(cell: Cell, record: dict[str, Any], t0: float) -> None:
+    if not is_main_rank():
+        return
     record.update(finished_at=now_iso(), wall_time_s=round(time.monotonic() - t0, 2), environment=environment())
     atomic_write(cell.directory / RECIPE_FILE, glue_recipe_yaml(cell.recipe))
     write_record(cell.directory, json_safe(record))

@@ -13,10 +13,15 @@ fails is not retried until the next invocation.
 
 Workers (`--workers N`) are processes started with `spawn`; each takes cells from a shared queue.
 With GPUs, worker i sees only GPU i mod #GPUs; on CPU each worker gets cores // N torch threads.
+
+Launched (`zoo glue ... --nproc N`, see zoo.launch), the ranks walk the same cells one after the
+other and train each one together (data parallel through DeepSpeed); rank 0 takes the claims, makes
+every decision and broadcasts it, and alone writes records and summaries.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import multiprocessing
@@ -31,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from zoo import paths
+from zoo.deepspeed import is_distributed_launch, is_main_rank, shared_from_main
 from zoo.errors import ZooError
 from zoo.glue import data
 from zoo.glue.finetune import Cell, run_cell, tokenizer_source
@@ -134,13 +140,19 @@ def claimed(cell: Cell) -> Iterator[bool]:
 
 
 def run_claimed(cell: Cell, predict_test: bool = False, force: bool = False) -> Outcome:
-    """Run `cell` unless another process holds it or (without `force`) it is already done."""
-    with claimed(cell) as mine:
-        if not mine:
-            return Outcome(cell.run_id, cell.label, "busy")
-        if not force and is_done(cell):
-            return Outcome(cell.run_id, cell.label, "done")
-        record = run_cell(cell, predict_test)
+    """Run `cell` unless another process holds it or (without `force`) it is already done.
+
+    In a multi-process launch every rank calls this for the same cell: rank 0 claims it and decides
+    for all, every rank trains it, rank 0 records it."""
+    main = is_main_rank()
+    with claimed(cell) if main else contextlib.nullcontext(True) as mine:
+        decision = "busy" if not mine else "done" if not force and is_done(cell) else "run"
+        started = now_iso()
+        if is_distributed_launch():
+            decision, started = shared_from_main((decision, started))
+        if decision != "run":
+            return Outcome(cell.run_id, cell.label, decision)
+        record = run_cell(cell, predict_test, started)
     return Outcome(cell.run_id, cell.label, record["status"], record["metrics"].get("score"), record.get("reason"),
                    record.get("wall_time_s"))
 
@@ -272,6 +284,8 @@ def run_grid(cells: list[Cell], workers: int = 1, predict_test: bool = False, fo
     """Run every cell that is not done (all with `force`); a failing cell is recorded and skipped."""
     report = GridReport()
     todo = [c for c in cells if force or not is_done(c)]
+    if is_distributed_launch():  # the ranks must walk the same cells, whatever another grid writes meanwhile
+        todo = shared_from_main(todo)
     report.skipped_done = len(cells) - len(todo)
 
     def collect(outcome: Outcome) -> None:
@@ -281,10 +295,14 @@ def run_grid(cells: list[Cell], workers: int = 1, predict_test: bool = False, fo
 
     if not todo:
         return report
-    warm_caches(todo, predict_test)
+    launched = is_distributed_launch()
+    if is_main_rank():
+        warm_caches(todo, predict_test)
+    if launched:
+        shared_from_main(None)  # the other ranks read the caches rank 0 has just written
     workers = max(1, min(workers, len(todo)))
     try:
-        if workers == 1:
+        if workers == 1 or launched:
             for cell in todo:
                 collect(run_claimed(cell, predict_test, force))
         else:
