@@ -201,6 +201,17 @@ def summarise(setting: Setting, runs: dict[str, list[dict[str, Any]]]) -> dict[s
             "runs": len(base) + len(zoo)}
 
 
+def loss_comparison(runs: dict[str, list[dict[str, Any]]]) -> str:
+    """Zoo minus baseline eval loss, seed by seed, against the baseline's own spread over seeds."""
+    pairs = [z["eval_loss"] - b["eval_loss"] for b, z in zip(runs["baseline"], runs["zoo"])]
+    losses = [r["eval_loss"] for r in runs["baseline"]]
+    spread = max(losses) - min(losses)
+    worst = max(pairs)
+    verdict = "no worse" if worst <= 0 else ("within seed noise" if worst <= spread else "WORSE")
+    return (f"eval loss zoo - baseline per seed: {', '.join(f'{d:+.4f}' for d in pairs)} "
+            f"(baseline spread over seeds {spread:.4f}): {verdict}")
+
+
 def main() -> int:
     common.setup_environment()
     parser = common.arm_parser(__doc__.split("\n\n")[0])
@@ -232,11 +243,10 @@ def main() -> int:
             rows.append(summarise(setting, runs))
             raw.append({"setting": asdict(setting), "runs": runs})
     common.print_table(rows, "pretraining throughput (tokens/s over trainer.train(); eval loss after the same tokens)")
-    for row in rows:
+    for row, entry in zip(rows, raw):
         verdict = "meets" if row["target"] and row["speedup"] >= row["target"] else "MISSES"
-        worse = " (zoo eval loss worse)" if row["zoo eval loss"] > row["baseline eval loss"] else ""
-        print(f"{row['model']}: {common.fmt_ratio(row['speedup'])} the baseline's tokens/s; "
-              f"{verdict} the {row['target']}x target{worse}")
+        print(f"{row['model']}: {common.fmt_ratio(row['speedup'])} the baseline's tokens/s ({verdict} the "
+              f"{row['target']}x target); {loss_comparison(entry['runs'])}")
     common.save_json(args.json, {"machine": common.machine(), "rows": rows, "raw": raw})
     return 0
 
