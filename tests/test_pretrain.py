@@ -29,7 +29,7 @@ def only_record(root: Path, kind: str = "pretrain") -> dict:
 def test_bert_run_writes_a_complete_record_and_reevaluates_exactly(
     text_corpus: Path, isolated: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(tiny_args(text_corpus, "bert-tiny", TINY_BERT, "train.max_steps=4")) == 0
+    assert main(tiny_args(text_corpus, "bert-tiny", TINY_BERT, "train.max_steps=4", "train.eval_every=2")) == 0
     record = only_record(isolated)
     assert record["status"] == "ok" and record["smoke"] is True and record["reason"] is None
     assert record["steps"] == 4 and record["tokens_seen"] == 4 * 4 * 32
@@ -41,6 +41,9 @@ def test_bert_run_writes_a_complete_record_and_reevaluates_exactly(
     assert {"python", "torch", "transformers"} <= set(record["environment"]["versions"])
     assert record["environment"]["hardware"]["device"]
     assert [h["step"] for h in record["history"] if "loss" in h] == [1, 2, 3, 4]
+    evaluations = [h for h in record["history"] if "eval_loss" in h]
+    assert [h["step"] for h in evaluations] == [2, 4]  # the step-4 evaluation is the final one, not repeated
+    assert evaluations[-1]["eval_loss"] == metrics["eval_loss"]
     run_dir = isolated / "results" / "pretrain" / record["run_id"]
     saved = yaml.safe_load((run_dir / "recipe.yaml").read_text())
     assert saved["model"]["config"] == TINY_BERT and saved["tokenizer"]["name"] == "bert-base-uncased"

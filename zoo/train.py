@@ -290,7 +290,7 @@ def run_lm(recipe: Recipe, run_id: str | None = None, resume: bool = False) -> d
         t_train = time.monotonic()
         trainer.train(resume_from_checkpoint=checkpoint)
         train_time = time.monotonic() - t_train
-        final = trainer.evaluate()
+        final = evaluation_at_last_step(trainer) or trainer.evaluate()
         trainer.save_model(str(output_dir / "final"))  # every rank: ZeRO-3 gathers the weights; rank 0 writes
         if main:
             tokenizer.save_pretrained(str(output_dir / "final"))
@@ -318,6 +318,15 @@ def run_lm(recipe: Recipe, run_id: str | None = None, resume: bool = False) -> d
     if main:
         _finish(record, record_dir, recipe, t0)
     return record
+
+
+def evaluation_at_last_step(trainer: ZooTrainer) -> dict[str, Any] | None:
+    """The evaluation the Trainer already ran at the last step (train.eval_every divides the steps), if any:
+    the same weights would give the same numbers, and the loss curve would show the point twice."""
+    for entry in reversed(trainer.state.log_history):
+        if "eval_loss" in entry:
+            return entry if entry.get("step") == trainer.state.global_step else None
+    return None
 
 
 class TokensAtStart(TrainerCallback):
