@@ -207,7 +207,12 @@ def loss_comparison(runs: dict[str, list[dict[str, Any]]]) -> str:
     losses = [r["eval_loss"] for r in runs["baseline"]]
     spread = max(losses) - min(losses)
     worst = max(pairs)
-    verdict = "no worse" if worst <= 0 else ("within seed noise" if worst <= spread else "WORSE")
+    if worst <= 0:
+        verdict = "no worse"
+    elif len(losses) < 2:
+        verdict = "higher, with one seed only: run --repeats 2 or more to compare with the seed spread"
+    else:
+        verdict = "within seed noise" if worst <= spread else "WORSE"
     return (f"eval loss zoo - baseline per seed: {', '.join(f'{d:+.4f}' for d in pairs)} "
             f"(baseline spread over seeds {spread:.4f}): {verdict}")
 
