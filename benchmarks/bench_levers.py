@@ -105,7 +105,8 @@ def main() -> int:
                     result = common.run_arm("bench_levers.py", "lever", {"setting": asdict(setting), "lever": lever},
                                             env=env)
                 except RuntimeError as exc:  # a lever that does not run here is a finding, not a crash
-                    failed[lever] = str(exc)[-300:]
+                    lines = str(exc).split(" | ")  # run_arm's message: the arm's last lines of output
+                    failed[lever] = next((line for line in lines if "Error" in line), lines[-1])[:300]
                     print(f"  {model} {lever}: FAILED {failed[lever]}", flush=True)
                     continue
                 runs[lever].append(result)
@@ -116,7 +117,7 @@ def main() -> int:
             noise = (max(speeds["default"]) - min(speeds["default"])) / base
             for lever in levers:
                 if lever in failed:
-                    rows.append({"model": model, "lever": lever, "verdict": f"failed: {failed[lever][:80]}"})
+                    rows.append({"model": model, "lever": lever, "verdict": f"failed: {failed[lever][:120]}"})
                     continue
                 ratio = common.median(speeds[lever]) / base
                 verdict = "-" if lever == "default" else ("wins" if ratio - 1 > noise else "no gain")
