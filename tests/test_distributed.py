@@ -31,7 +31,7 @@ import yaml
 
 from tests.conftest import TINY_BERT, TINY_GPT2, save_tiny_bert
 from zoo.cli import main
-from zoo.deepspeed import deepspeed_config, note_failure
+from zoo.deepspeed import RankTerminated, deepspeed_config, note_failure
 from zoo.launch import LAUNCHED_ENV, LaunchPlan, free_port, launch_environment, launcher_command, rank_arguments
 from zoo.recipe import load_recipe, resolve
 
@@ -197,7 +197,7 @@ def test_train_loss_is_the_token_mean_of_the_whole_accumulated_step(text_corpus:
 
 
 def test_failed_rank_reason_leads_rank_0_record(isolated: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from zoo.deepspeed import RankTerminated, failure_reason
+    from zoo.deepspeed import failure_reason
 
     notes = isolated / "notes"
     monkeypatch.setenv("RANK", "1")
@@ -291,6 +291,45 @@ def test_glue_launch_flags_are_checked_before_anything_runs(tmp_path: Path, isol
         err = capsys.readouterr().err.strip()
         assert message in err and len(err.splitlines()) == 1
     assert not (isolated / "results").exists()
+
+
+def test_glue_cell_failure_policy_in_a_launch(tmp_path: Path, isolated: Path, mirror: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """In a launch a non-finite loss (stopped on every rank at once) is recorded and the grid goes on; any
+    other failure ends the launch: rank 1 leaves its reason, rank 0 records the cell with it and re-raises."""
+    import zoo.glue.finetune as finetune
+    from zoo.glue.recipe import cell_recipe, load_glue_recipe
+    from zoo.train import NonFiniteLoss
+
+    model = str(save_tiny_bert(tmp_path / "tiny-bert"))
+    cell = finetune.Cell(cell_recipe(load_glue_recipe(None, [f"model.name={model}"]), "rte", 8, 1e-4, 42), model)
+    failure: list[BaseException] = []
+
+    def failing(*args: Any) -> None:
+        raise failure[0]
+
+    monkeypatch.setattr(finetune, "train_and_evaluate", failing)
+    for handler in ("stop_on_sigterm", "ignore_sigterm"):  # pytest's own SIGTERM handling stays as it is
+        monkeypatch.setattr(finetune, handler, lambda: None)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+
+    monkeypatch.setenv("RANK", "1")
+    failure[:] = [RuntimeError("out of memory on rank 1")]
+    with pytest.raises(RuntimeError):
+        finetune.run_cell(cell, started="t0")
+    assert not (cell.directory / "run.json").exists()  # only rank 0 writes records
+
+    monkeypatch.setenv("RANK", "0")
+    failure[:] = [RankTerminated("stopped by the launcher")]
+    with pytest.raises(RankTerminated):
+        finetune.run_cell(cell, started="t0")
+    record = json.loads((cell.directory / "run.json").read_text())
+    assert record["status"] == "failed" and record["reason"] == "rank 1: RuntimeError: out of memory on rank 1"
+
+    failure[:] = [NonFiniteLoss("training loss became nan at step 3")]
+    record = finetune.run_cell(cell, started="t1")  # returned, not raised: the grid goes on
+    assert record["status"] == "failed" and record["reason"] == "NonFiniteLoss: training loss became nan at step 3"
+    assert json.loads((cell.directory / "run.json").read_text())["reason"] == record["reason"]
 
 
 @pytest.mark.slow
