@@ -117,6 +117,24 @@ def median(values: list[float]) -> float:
     return float(statistics.median(values))
 
 
+# --------------------------------------------------------------------------- the notebook baseline
+
+
+def notebook_group_texts(block_size: int) -> Callable[[dict[str, list]], dict[str, list]]:
+    """The course notebook's `group_texts`, verbatim: concatenate with sum(lists, []), cut into blocks."""
+
+    def group_texts(examples: dict[str, list]) -> dict[str, list]:
+        concatenated_examples = {k: sum(examples[k], []) for k in examples}
+        total_length = len(concatenated_examples[list(examples.keys())[0]])
+        total_length = (total_length // block_size) * block_size
+        result = {k: [t[i: i + block_size] for i in range(0, total_length, block_size)]
+                  for k, t in concatenated_examples.items()}
+        result["labels"] = result["input_ids"].copy()
+        return result
+
+    return group_texts
+
+
 # --------------------------------------------------------------------------- measuring inside an arm
 
 

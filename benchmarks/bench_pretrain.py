@@ -98,14 +98,7 @@ def notebook_blocks(docs: list[str], tokenizer: Any, block_size: int) -> Any:
     def tokenize_function(examples: dict[str, list]) -> Any:
         return tokenizer(examples["text"])
 
-    def group_texts(examples: dict[str, list]) -> dict[str, list]:
-        concatenated_examples = {k: sum(examples[k], []) for k in examples}
-        total_length = len(concatenated_examples[list(examples.keys())[0]])
-        total_length = (total_length // block_size) * block_size
-        result = {k: [t[i: i + block_size] for i in range(0, total_length, block_size)]
-                  for k, t in concatenated_examples.items()}
-        result["labels"] = result["input_ids"].copy()
-        return result
+    group_texts = common.notebook_group_texts(block_size)
 
     raw = Dataset.from_dict({"text": docs})
     tokenized = raw.map(tokenize_function, batched=True, remove_columns=["text"])
