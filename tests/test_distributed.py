@@ -271,7 +271,7 @@ def test_two_processes_match_one_for_zero_0_to_3_on_bert_and_gpt2(text_corpus: P
         assert again["perplexity"] == pytest.approx(zero3["metrics"]["perplexity"], rel=RELATIVE_TOLERANCE)
 
 
-GLUE_CELLS = ["--task", "rte", "--smoke", "--set", "task.max_train_examples=48", "task.max_eval_examples=41",
+GLUE_CELLS = ["--tasks", "rte", "--smoke", "--set", "task.max_train_examples=48", "task.max_eval_examples=41",
               "train.epochs=3", "grid.batch_sizes=[8,16]", "grid.lrs=[3e-3]"]
 
 

@@ -124,6 +124,19 @@ def join_launch() -> None:
     deepspeed.init_distributed(verbose=False)
 
 
+def leave_launch() -> None:
+    """The end of a multi-process command, in every rank: wait for the others, close the process group.
+
+    Without it a rank that finishes first exits while another still holds its gloo connection, and
+    that one can die in C++ ("terminate called without an active exception") after doing all its work.
+    """
+    import torch.distributed as dist
+
+    if is_distributed_launch() and dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def shared_from_main(value: Any) -> Any:
     """`value` as global rank 0 has it, in every rank (a picklable object)."""
     import torch.distributed as dist

@@ -12,7 +12,14 @@ from tabulate import tabulate
 from zoo import paths
 from zoo.cli import add_recipe_options
 from zoo.commands.catalog import validator
-from zoo.deepspeed import is_distributed_launch, is_main_rank, join_launch, shared_from_main, stop_on_sigterm
+from zoo.deepspeed import (
+    is_distributed_launch,
+    is_main_rank,
+    join_launch,
+    leave_launch,
+    shared_from_main,
+    stop_on_sigterm,
+)
 from zoo.errors import ZooError
 from zoo.launch import add_launch_options, launch_requested, maybe_relaunch
 
@@ -294,4 +301,5 @@ def run_command(args: argparse.Namespace) -> int:
         raise KeyboardInterrupt
     if args.predict_test:
         write_submission(cells, summary, args)
+    leave_launch()
     return 1 if report.count("failed") else 0

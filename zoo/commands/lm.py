@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from zoo.cli import add_recipe_options
-from zoo.deepspeed import is_main_rank
+from zoo.deepspeed import is_main_rank, leave_launch
 from zoo.errors import ZooError
 from zoo.launch import add_launch_options, maybe_relaunch
 from zoo.paths import checkpoints_dir
@@ -108,6 +108,7 @@ def run_command(args: argparse.Namespace) -> int:
         if run_id is None:
             raise ZooError("--resume: no earlier run of this recipe has a checkpoint; run without --resume")
     record = run_lm(recipe, run_id=run_id, resume=bool(args.resume))
+    leave_launch()
     if record.get("status") == "ok" and is_main_rank():
         m = record["metrics"]
         before = record.get("before")
