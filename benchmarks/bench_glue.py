@@ -149,8 +149,8 @@ def make_checkpoint(directory: Path) -> str:
     import torch
     from transformers import BertConfig, BertForMaskedLM
 
-    from zoo.models import MODELS
-    from zoo.tokenization import load_tokenizer
+    from zoo.data.tokenization import load_tokenizer
+    from zoo.model.registry import MODELS
 
     tokenizer = load_tokenizer(MODELS["bert-tiny"].tokenizer)
     torch.manual_seed(0)

@@ -34,7 +34,7 @@ LEVERS = ("default", "eager-attention", "adamw-unfused", "torch-compile", "loade
 
 def apply_lever(lever: str) -> None:
     """Switch one lever in this (fresh) arm process by wrapping the function of zoo that decides it."""
-    import zoo.train as train
+    import zoo.train.lm as train
 
     if lever == "eager-attention":
         build = train.build_model
@@ -56,7 +56,7 @@ def apply_lever(lever: str) -> None:
 def lever_arm(spec: dict[str, Any]) -> dict[str, Any]:
     import torch
 
-    from zoo.train import run_lm
+    from zoo.train.lm import run_lm
 
     setting, lever = Setting(**spec["setting"]), spec["lever"]
     apply_lever(lever)

@@ -4,7 +4,7 @@ Baseline (Hugging Face course / `language_modeling.ipynb`): the documents as a d
 (what `load_dataset` gives; building it is not timed), `map(tokenize_function, batched=True)`, then
 `map(group_texts, batched=True)` with `sum(examples[k], [])`, blocks of 128 tokens.
 zoo: documents streamed from the tarball (reading is timed), batched Rust tokenization
-(`zoo.data.token_ids`), one vectorised flatten per batch (`flatten_documents`), appended to a token
+(`zoo.data.packing.token_ids`), one vectorised flatten per batch (`flatten_documents`), appended to a token
 file that `BlockDataset` memory-maps: blocks are views, nothing grows with the corpus.
 
 Reported per corpus size: tokens/s end to end, the grouping stage alone (the issue's
@@ -53,7 +53,7 @@ def unsup_tarball() -> Path:
 
 def documents(limit: int) -> Any:
     """The first `limit` unsupervised IMDB reviews, streamed (the reader `zoo pretrain ... imdb` uses)."""
-    from zoo.corpora import read_imdb
+    from zoo.data.corpora import read_imdb
 
     return islice(read_imdb(unsup_tarball(), "train"), limit)
 
@@ -67,7 +67,7 @@ def baseline_arm(setting: Setting) -> dict[str, Any]:
         os.environ["HF_DATASETS_CACHE"] = tmp  # a fresh cache: no map result is reused across runs
         from datasets import load_dataset
 
-        from zoo.tokenization import load_tokenizer
+        from zoo.data.tokenization import load_tokenizer
 
         tokenizer = load_tokenizer(setting.tokenizer)
         block_size = setting.block_size
@@ -97,7 +97,7 @@ def zoo_arm(setting: Setting) -> dict[str, Any]:
     """Stream, tokenize in batches, flatten each batch vectorised, append to a memory-mapped token file."""
     import numpy as np
 
-    from zoo.data import (
+    from zoo.data.packing import (
         DOCS_PER_BATCH,
         BlockDataset,
         batched,
@@ -107,7 +107,7 @@ def zoo_arm(setting: Setting) -> dict[str, Any]:
         token_dtype,
         token_ids,
     )
-    from zoo.tokenization import load_tokenizer
+    from zoo.data.tokenization import load_tokenizer
 
     tokenizer = load_tokenizer(setting.tokenizer)
     sep, dtype = separator_id(tokenizer), token_dtype(tokenizer)

@@ -74,7 +74,7 @@ def settings(quick: bool) -> list[Setting]:
 
 
 def zoo_recipe(setting: Setting) -> Any:
-    from zoo.recipe import compose, resolve
+    from zoo.recipe.lm import compose, resolve
 
     recipe, _ = compose("pretrain", setting.model, "imdb", setting.overrides())
     recipe.smoke = True
@@ -83,7 +83,7 @@ def zoo_recipe(setting: Setting) -> Any:
 
 def training_documents(recipe: Any) -> list[str]:
     """Exactly the documents `zoo pretrain` trains on (the first data.max_documents of the train split)."""
-    from zoo.corpora import iter_documents, resolve_source
+    from zoo.data.corpora import iter_documents, resolve_source
 
     data = recipe.data
     train, evaluation = (resolve_source(data.corpus, s, data.paths) for s in (data.train_split, data.eval_split))
@@ -118,10 +118,10 @@ def baseline_arm(setting: Setting) -> dict[str, Any]:
         set_seed,
     )
 
-    from zoo.evaluation import lm_metrics
-    from zoo.modeling import scratch_config
-    from zoo.tokenization import load_tokenizer
-    from zoo.train import lm_data
+    from zoo.data.tokenization import load_tokenizer
+    from zoo.model.modeling import scratch_config
+    from zoo.train.evaluation import lm_metrics
+    from zoo.train.lm import lm_data
 
     recipe = zoo_recipe(setting)
     tokenizer = load_tokenizer(recipe.tokenizer.name)
@@ -174,8 +174,8 @@ ARMS = {"baseline": baseline_arm, "zoo": zoo_arm}
 
 def prepare_cache(setting: Setting) -> None:
     """Build zoo's packed cache once before timing (both arms read it: zoo to train, baseline to evaluate)."""
-    from zoo.tokenization import load_tokenizer
-    from zoo.train import lm_data
+    from zoo.data.tokenization import load_tokenizer
+    from zoo.train.lm import lm_data
 
     recipe = zoo_recipe(setting)
     lm_data(recipe, load_tokenizer(recipe.tokenizer.name))

@@ -54,7 +54,7 @@ def save_tiny_bert(directory: Path, **config: object) -> Path:
     """A 1-layer BERT saved with the mirror's bert-base-uncased tokenizer, like a `zoo pretrain` checkpoint."""
     from transformers import BertConfig, BertForMaskedLM
 
-    from zoo.tokenization import load_tokenizer
+    from zoo.data.tokenization import load_tokenizer
 
     tokenizer = load_tokenizer("bert-base-uncased")
     BertForMaskedLM(BertConfig(vocab_size=tokenizer.vocab_size, **{**TINY_BERT, **config})).save_pretrained(directory)

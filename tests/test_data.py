@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from zoo.corpora import iter_documents, read_any, read_wikiextractor, read_wikitext, resolve_source
-from zoo.data import BlockLayout, encode_documents, num_blocks, pack_blocks, prepare_splits
+from zoo.data.corpora import iter_documents, read_any, read_wikiextractor, read_wikitext, resolve_source
+from zoo.data.packing import BlockLayout, encode_documents, num_blocks, pack_blocks, prepare_splits
+from zoo.data.tokenization import load_tokenizer
 from zoo.errors import DataNotFoundError, ZooError
-from zoo.recipe import DataSection
-from zoo.tokenization import load_tokenizer
+from zoo.recipe.lm import DataSection
 
 
 def test_mirror_tokenizers_have_full_vocabularies() -> None:

@@ -31,9 +31,10 @@ import yaml
 
 from tests.conftest import TINY_BERT, TINY_GPT2, save_tiny_bert
 from zoo.cli import main
-from zoo.deepspeed import RankTerminated, deepspeed_config, note_failure
-from zoo.launch import LAUNCHED_ENV, LaunchPlan, free_port, launch_environment, launcher_command, rank_arguments
-from zoo.recipe import load_recipe, resolve
+from zoo.recipe.lm import load_recipe, resolve
+from zoo.train.deepspeed import deepspeed_config
+from zoo.train.launch import LAUNCHED_ENV, LaunchPlan, free_port, launch_environment, launcher_command, rank_arguments
+from zoo.train.ranks import RankTerminated, note_failure
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = 8
@@ -57,7 +58,7 @@ def tiny_recipe(model: str, corpus: Path, name: str, batch_size: int, zero_stage
 
 
 def run_single(raw: dict[str, Any]) -> dict[str, Any]:
-    from zoo.train import run_lm
+    from zoo.train.lm import run_lm
 
     return run_lm(resolve(load_recipe(raw, raw["name"])))
 
@@ -128,7 +129,7 @@ def test_rank_command_line_drops_only_the_launch_flags(monkeypatch: pytest.Monke
 def test_ranks_only_run_the_command_that_was_parsed(text_corpus: Path) -> None:
     from zoo.cli import build_parser
     from zoo.errors import ZooError
-    from zoo.launch import check_same_command
+    from zoo.train.launch import check_same_command
 
     argv = ["pretrain", "gpt2", "text", "--nproc", "2", "--set", f"data.paths=[{text_corpus}]"]
     args = build_parser().parse_args(argv)
@@ -167,10 +168,10 @@ def test_train_loss_is_the_token_mean_of_the_whole_accumulated_step(text_corpus:
     """
     import torch
 
-    from zoo.data import predicted_tokens
-    from zoo.modeling import build_model
-    from zoo.tokenization import load_tokenizer
-    from zoo.train import ZooTrainer, lm_data, training_arguments
+    from zoo.data.masking import predicted_tokens
+    from zoo.data.tokenization import load_tokenizer
+    from zoo.model.modeling import build_model
+    from zoo.train.lm import ZooTrainer, lm_data, training_arguments
 
     raw = tiny_recipe("bert-tiny", text_corpus, "accum", batch_size=4, grad_accum=2, max_steps=1, lr=0.0)
     recipe = resolve(load_recipe(raw, "accum"))
@@ -197,7 +198,7 @@ def test_train_loss_is_the_token_mean_of_the_whole_accumulated_step(text_corpus:
 
 
 def test_failed_rank_reason_leads_rank_0_record(isolated: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from zoo.deepspeed import failure_reason
+    from zoo.train.ranks import failure_reason
 
     notes = isolated / "notes"
     monkeypatch.setenv("RANK", "1")
@@ -223,7 +224,7 @@ def launch(command: list[str], env: dict[str, str] | None = None, timeout: int =
 
 def worker(spec_path: str) -> None:
     """Rank entry point (`python -m tests.test_distributed SPEC`): run every recipe of SPEC in this launch."""
-    from zoo.train import run_lm
+    from zoo.train.lm import run_lm
 
     for raw in json.loads(Path(spec_path).read_text()):
         run_lm(resolve(load_recipe(raw, raw["name"])))
@@ -231,9 +232,9 @@ def worker(spec_path: str) -> None:
 
 @pytest.mark.slow
 def test_two_processes_match_one_for_zero_0_to_3_on_bert_and_gpt2(text_corpus: Path, isolated: Path) -> None:
-    from zoo.modeling import build_model
-    from zoo.tokenization import load_tokenizer
-    from zoo.train import evaluate_checkpoint
+    from zoo.data.tokenization import load_tokenizer
+    from zoo.model.modeling import build_model
+    from zoo.train.lm import evaluate_checkpoint
 
     gpt2 = resolve(load_recipe(tiny_recipe("gpt2", text_corpus, "tie", 2), "tie"))
     tied = build_model(gpt2, load_tokenizer(gpt2.tokenizer.name))
@@ -298,8 +299,8 @@ def test_glue_cell_failure_policy_in_a_launch(tmp_path: Path, isolated: Path, mi
     """In a launch a non-finite loss (stopped on every rank at once) is recorded and the grid goes on; any
     other failure ends the launch: rank 1 leaves its reason, rank 0 records the cell with it and re-raises."""
     import zoo.glue.finetune as finetune
-    from zoo.glue.recipe import cell_recipe, load_glue_recipe
-    from zoo.train import NonFiniteLoss
+    from zoo.recipe.glue import cell_recipe, load_glue_recipe
+    from zoo.train.lm import NonFiniteLoss
 
     model = str(save_tiny_bert(tmp_path / "tiny-bert"))
     cell = finetune.Cell(cell_recipe(load_glue_recipe(None, [f"model.name={model}"]), "rte", 8, 1e-4, 42), model)

@@ -16,8 +16,8 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM
 
 from tests.conftest import MIRROR
 from zoo.cli import main
-from zoo.recipe import compose, resolve
-from zoo.tokenization import load_tokenizer
+from zoo.data.tokenization import load_tokenizer
+from zoo.recipe.lm import compose, resolve
 
 # registry name -> (HF family, mirror tokenizer, head, a tiny config of that architecture)
 TINY = {

@@ -130,7 +130,7 @@ def test_bad_rows_are_one_line_errors_naming_file_and_line(tmp_path: Path, monke
 
 
 def test_tokenized_splits_are_cached_by_fingerprint(mirror: Path, isolated: Path) -> None:
-    from zoo.tokenization import load_tokenizer
+    from zoo.data.tokenization import load_tokenizer
 
     tokenizer = load_tokenizer("bert-base-uncased")
     first, fingerprint = data.load_encoded(TASKS["wnli"], "dev", tokenizer, 64)

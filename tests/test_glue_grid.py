@@ -15,7 +15,7 @@ from tests.conftest import save_tiny_bert
 from zoo.cli import main
 from zoo.glue.finetune import Cell
 from zoo.glue.grid import claimed, run_claimed
-from zoo.glue.recipe import cell_recipe, load_glue_recipe
+from zoo.recipe.glue import cell_recipe, load_glue_recipe
 
 RECORD_KEYS = {"run_id", "kind", "model", "model_tag", "task", "status", "reason", "smoke", "recipe_hash", "recipe",
                "hparams", "epochs", "metrics", "params", "started_at", "finished_at", "wall_time_s", "environment"}
@@ -115,7 +115,7 @@ def test_a_single_run_and_the_same_grid_cell_share_one_record(tiny_model: Path) 
     single = load_glue_recipe(overrides=["task.max_train_examples=32", "task.name=rte", "train.batch_size=16",
                                          "train.lr=3e-5"])
     single.model.name = str(tiny_model)
-    from zoo.glue.recipe import cell_id, single_cell
+    from zoo.recipe.glue import cell_id, single_cell
 
     assert cell_id(cell_recipe(base, "rte", 16, 3e-5, 42)) == cell_id(single_cell(single))
     assert cell_id(cell_recipe(base, "rte", 16, 3e-5, 43)) != cell_id(single_cell(single))

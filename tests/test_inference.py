@@ -13,8 +13,8 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM,
 
 from tests.conftest import MIRROR, TINY_GPT2
 from zoo.cli import main
-from zoo.inference import load_model, with_mask_token
-from zoo.tokenization import load_tokenizer
+from zoo.data.tokenization import load_tokenizer
+from zoo.model.inference import load_model, with_mask_token
 
 PROMPT = "The history of the city"
 
@@ -91,7 +91,7 @@ def test_fill_mask_on_a_zoo_pretrained_bert_tiny(zoo_runs: dict, capsys: pytest.
 
 
 def test_fill_mask_scores_are_the_model_softmax(zoo_runs: dict) -> None:
-    from zoo.inference import fill_mask
+    from zoo.model.inference import fill_mask
 
     loaded = load_model(zoo_runs["bert"])
     [candidates] = fill_mask(loaded, "a [MASK] day", top_k=3)

@@ -23,8 +23,8 @@ import pytest
 
 from zoo import leaderboard as lb
 from zoo.cli import main
-from zoo.glue.recipe import cell_recipe, glue_recipe_hash, glue_recipe_yaml, load_glue_recipe, single_cell
-from zoo.recipe import compose, recipe_yaml, resolve
+from zoo.recipe.glue import cell_recipe, glue_recipe_hash, glue_recipe_yaml, load_glue_recipe, single_cell
+from zoo.recipe.lm import compose, recipe_yaml, resolve
 
 GOLDEN = Path(__file__).parent / "golden"
 REPO = Path(__file__).resolve().parents[1]

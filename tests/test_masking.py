@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from zoo.data import EpochClock, MLMCollator, MLMMasker, TorchDraws, continuation_table, wordpiece_prefix
-from zoo.recipe import ObjectiveSection
-from zoo.tokenization import load_tokenizer
+from zoo.data.masking import EpochClock, MLMCollator, MLMMasker, TorchDraws, continuation_table, wordpiece_prefix
+from zoo.data.tokenization import load_tokenizer
+from zoo.recipe.lm import ObjectiveSection
 
 SENTENCE = ("Unbelievably, the tokenization of antidisestablishmentarianism isn't straightforward: "
             "photosynthesis, hyperparameters and the Schwarzschild radius all split into several pieces.")

@@ -8,11 +8,12 @@ import torch
 from transformers import BertConfig, GPT2Config, GPT2LMHeadModel
 
 from tests.conftest import TINY_BERT, TINY_GPT2
-from zoo.data import BlockDataset, BlockLayout, FixedMaskDataset, MLMCollator, MLMMasker, clm_collate
-from zoo.evaluation import lm_metrics
-from zoo.modeling import SPARSE_MLM
-from zoo.recipe import ObjectiveSection
-from zoo.tokenization import load_tokenizer
+from zoo.data.masking import FixedMaskDataset, MLMCollator, MLMMasker, clm_collate
+from zoo.data.packing import BlockDataset, BlockLayout
+from zoo.data.tokenization import load_tokenizer
+from zoo.model.modeling import SPARSE_MLM
+from zoo.recipe.lm import ObjectiveSection
+from zoo.train.evaluation import lm_metrics
 
 
 def manual_perplexity(model: torch.nn.Module, input_ids: torch.Tensor) -> float:

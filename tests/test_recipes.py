@@ -9,8 +9,8 @@ import pytest
 from zoo.cli import main
 from zoo.commands.catalog import VALIDATORS
 from zoo.paths import recipes_dir
-from zoo.recipe import compose, load_recipe, recipe_hash, recipe_yaml, resolve
-from zoo.schema import RecipeError
+from zoo.recipe.lm import compose, load_recipe, recipe_hash, recipe_yaml, resolve
+from zoo.recipe.schema import RecipeError
 
 ALL_RECIPES = sorted(recipes_dir().rglob("*.yaml"))
 

@@ -1,7 +1,7 @@
 """The fast paths compute what the reference computation does: same losses, same gradients, same ids.
 
 zoo.modeling: the fused linear + cross-entropy (LinearCrossEntropy), the sparse MLM classes and the
-fused CLM class, against F.cross_entropy and the plain Hugging Face models. zoo.data.token_ids against
+fused CLM class, against F.cross_entropy and the plain Hugging Face models. zoo.data.packing.token_ids against
 the tokenizer's own call. Checkpoints of the fast classes are plain HF directories.
 """
 
@@ -26,11 +26,12 @@ from transformers import (
 )
 
 from tests.conftest import TINY_BERT, TINY_GPT2
-from zoo import modeling
-from zoo.data import MLMMasker, token_ids
-from zoo.modeling import FUSED_CLM, SPARSE_MLM, linear_cross_entropy
-from zoo.recipe import ObjectiveSection
-from zoo.tokenization import load_tokenizer
+from zoo.data.masking import MLMMasker
+from zoo.data.packing import token_ids
+from zoo.data.tokenization import load_tokenizer
+from zoo.model import modeling
+from zoo.model.modeling import FUSED_CLM, SPARSE_MLM, linear_cross_entropy
+from zoo.recipe.lm import ObjectiveSection
 
 
 def loss_and_grads(fn, *tensors: torch.Tensor) -> list[torch.Tensor]:

@@ -19,9 +19,9 @@ from transformers import PretrainedConfig, PreTrainedTokenizerBase
 
 from zoo import __version__, paths
 from zoo.errors import ZooError
-from zoo.inference import LoadedModel, load_model, max_positions
-from zoo.models import find_model_spec
-from zoo.records import RECIPE_FILE, find_run
+from zoo.model.inference import LoadedModel, load_model, max_positions
+from zoo.model.registry import find_model_spec
+from zoo.record.store import RECIPE_FILE, find_run
 
 PIPELINE_TAGS = {"mlm": "fill-mask", "clm": "text-generation"}
 OFFSET_POSITIONS = ("roberta", "xlm-roberta", "camembert")  # positions start after padding_idx + 1
@@ -61,7 +61,7 @@ def _number(value: Any) -> str:
 
 def card_metadata(loaded: LoadedModel, record: dict[str, Any] | None) -> dict[str, Any]:
     """The YAML front matter the hub reads: library, task, tags, datasets, base model."""
-    from zoo.corpora import CORPORA
+    from zoo.data.corpora import CORPORA
 
     meta: dict[str, Any] = {"library_name": "transformers", "pipeline_tag": PIPELINE_TAGS[loaded.objective],
                             "tags": ["zoo", loaded.objective, loaded.model.config.model_type]}
@@ -97,7 +97,7 @@ def results_section(record: dict[str, Any], recipe: dict[str, Any] | None) -> li
 
 
 def data_section(record: dict[str, Any], recipe: dict[str, Any] | None) -> list[str]:
-    from zoo.corpora import CORPORA
+    from zoo.data.corpora import CORPORA
 
     corpus = CORPORA.get(record.get("corpus", ""))
     data = record.get("data") or {}

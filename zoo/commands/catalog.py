@@ -9,9 +9,9 @@ from pathlib import Path
 from tabulate import tabulate
 
 from zoo import paths
-from zoo.corpora import CORPORA
+from zoo.data.corpora import CORPORA
 from zoo.errors import ZooError
-from zoo.models import MODELS
+from zoo.model.registry import MODELS
 
 # recipes/<kind>/*.yaml -> the function that loads and checks one file of that kind
 VALIDATORS: dict[str, Callable[[Path], None]] = {}
@@ -28,7 +28,8 @@ def validator(kind: str) -> Callable[[Callable[[Path], None]], Callable[[Path], 
 @validator("pretrain")
 @validator("finetune")
 def validate_lm_recipe(path: Path) -> None:
-    from zoo.recipe import load_recipe, read_yaml, resolve
+    from zoo.recipe.common import read_yaml
+    from zoo.recipe.lm import load_recipe, resolve
 
     raw = read_yaml(path)
     kind = path.parent.name

@@ -12,7 +12,9 @@ from tabulate import tabulate
 from zoo import paths
 from zoo.cli import add_recipe_options
 from zoo.commands.catalog import validator
-from zoo.deepspeed import (
+from zoo.errors import ZooError
+from zoo.train.launch import add_launch_options, launch_requested, maybe_relaunch
+from zoo.train.ranks import (
     is_distributed_launch,
     is_main_rank,
     join_launch,
@@ -20,8 +22,6 @@ from zoo.deepspeed import (
     shared_from_main,
     stop_on_sigterm,
 )
-from zoo.errors import ZooError
-from zoo.launch import add_launch_options, launch_requested, maybe_relaunch
 
 EXAMPLES = """examples:
   zoo glue bert-tiny --task rte --set train.lr=1e-4 train.batch_size=32   # one cell
@@ -34,15 +34,15 @@ EXAMPLES = """examples:
 
 @validator("glue")
 def validate_glue_recipe(path: Path) -> None:
-    from zoo.glue.recipe import load_glue_recipe
+    from zoo.recipe.glue import load_glue_recipe
 
     load_glue_recipe(path)
 
 
 def recipe_keys_help() -> str:
     """Every recipe key with its help and its default as `zoo glue` applies it (classic.yaml's)."""
-    from zoo.glue.recipe import GlueRecipe, load_glue_recipe
-    from zoo.schema import field_docs, to_dict
+    from zoo.recipe.glue import GlueRecipe, load_glue_recipe
+    from zoo.recipe.schema import field_docs, to_dict
 
     try:
         applied = to_dict(load_glue_recipe())
@@ -93,8 +93,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def recipe_from_args(args: argparse.Namespace) -> Any:
     """The GLUE recipe the command line asks for, with the model in its canonical spelling."""
-    from zoo.glue.recipe import canonical_model, load_glue_recipe
     from zoo.glue.tasks import get_task, parse_task_list
+    from zoo.recipe.glue import canonical_model, load_glue_recipe
 
     path = Path(args.recipe) if args.recipe else None
     recipe = load_glue_recipe(path, args.overrides)
@@ -167,7 +167,7 @@ def print_summary(summary: dict[str, Any], tasks: list[str]) -> None:
 
 def run_mode(args: argparse.Namespace) -> str:
     if is_distributed_launch():
-        from zoo.deepspeed import world_size
+        from zoo.train.ranks import world_size
 
         return f"each cell on {world_size()} processes"
     return f"{args.workers} worker(s)"
@@ -252,8 +252,8 @@ def run_command(args: argparse.Namespace) -> int:
     if args.list_tasks:
         return list_tasks()
     from zoo.glue.grid import available_tasks, elapsed, plan, summarize, write_summary
-    from zoo.glue.recipe import glue_recipe_yaml, single_cell
-    from zoo.models import pretrained_source
+    from zoo.model.registry import pretrained_source
+    from zoo.recipe.glue import glue_recipe_yaml, single_cell
 
     recipe = recipe_from_args(args)
     model = args.model or recipe.model.name

@@ -73,7 +73,7 @@ def quiet_loading() -> None:
 
 
 def run_generate(args: argparse.Namespace) -> int:
-    from zoo.inference import Sampling, generate, load_model
+    from zoo.model.inference import Sampling, generate, load_model
 
     sampling = Sampling(max_new_tokens=args.max_new_tokens, num_return_sequences=args.num_return_sequences,
                         temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
@@ -93,7 +93,7 @@ def run_generate(args: argparse.Namespace) -> int:
 def run_fill_mask(args: argparse.Namespace) -> int:
     from tabulate import tabulate
 
-    from zoo.inference import fill_mask, load_model
+    from zoo.model.inference import fill_mask, load_model
 
     quiet_loading()
     results = fill_mask(load_model(args.model), args.text, args.top_k)

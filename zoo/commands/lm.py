@@ -6,13 +6,14 @@ import argparse
 from pathlib import Path
 
 from zoo.cli import add_recipe_options
-from zoo.deepspeed import is_main_rank, leave_launch
 from zoo.errors import ZooError
-from zoo.launch import add_launch_options, maybe_relaunch
 from zoo.paths import checkpoints_dir
-from zoo.recipe import Recipe, compose, load_recipe, read_yaml, resolve
-from zoo.records import RECIPE_FILE
-from zoo.schema import field_docs
+from zoo.recipe.common import read_yaml
+from zoo.recipe.lm import Recipe, compose, load_recipe, resolve
+from zoo.recipe.schema import field_docs
+from zoo.record.store import RECIPE_FILE
+from zoo.train.launch import add_launch_options, maybe_relaunch
+from zoo.train.ranks import is_main_rank, leave_launch
 
 EXAMPLES = {
     "pretrain": "zoo pretrain bert-mini wikipedia --set train.max_steps=200",
@@ -46,9 +47,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def eval_command(args: argparse.Namespace) -> int:
-    from zoo.models import pretrained_source
-    from zoo.records import find_run
-    from zoo.train import evaluate_checkpoint
+    from zoo.model.registry import pretrained_source
+    from zoo.record.store import find_run
+    from zoo.train.lm import evaluate_checkpoint
 
     found = find_run(args.run)
     if found is None:
@@ -84,7 +85,7 @@ def recipe_from_args(args: argparse.Namespace) -> Recipe:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    from zoo.recipe import recipe_yaml
+    from zoo.recipe.lm import recipe_yaml
 
     if args.resume and args.resume != "latest":
         saved = checkpoints_dir() / args.resume / RECIPE_FILE
@@ -101,7 +102,7 @@ def run_command(args: argparse.Namespace) -> int:
     launched = maybe_relaunch(args)  # checked recipe, now run it in every rank of the launch
     if launched is not None:
         return launched
-    from zoo.train import find_resumable, run_lm
+    from zoo.train.lm import find_resumable, run_lm
 
     if args.resume == "latest":
         run_id = find_resumable(recipe)

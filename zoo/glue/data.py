@@ -26,9 +26,9 @@ from typing import Any
 import numpy as np
 
 from zoo import paths
+from zoo.data.tokenization import tokenizer_fingerprint
 from zoo.errors import DataNotFoundError, ZooError
 from zoo.glue.tasks import HUB_ID, LOCAL_ROOT, GlueTask, SplitSpec
-from zoo.tokenization import tokenizer_fingerprint
 
 PIPELINE_VERSION = 1
 ENCODE_BATCH = 2000

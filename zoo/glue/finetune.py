@@ -35,29 +35,29 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.utils import logging as hf_logging
 
 from zoo import paths
-from zoo.deepspeed import (
-    DEEPSPEED_CONFIG_FILE,
-    deepspeed_config,
+from zoo.data.tokenization import load_tokenizer
+from zoo.errors import ZooError
+from zoo.files import atomic_write
+from zoo.glue import data
+from zoo.glue.metrics import predictions_from_outputs, task_metrics, task_score
+from zoo.glue.predict import write_predictions
+from zoo.glue.tasks import GlueTask, get_task
+from zoo.model.registry import count_parameters, find_model_spec, has_tokenizer_files, pretrained_source
+from zoo.recipe.common import DeepSpeedSection, TrainSection
+from zoo.recipe.glue import GlueRecipe, cell_id, format_lr, glue_recipe_hash, glue_recipe_yaml, model_tag
+from zoo.record.environment import environment
+from zoo.record.store import RECIPE_FILE, now_iso, write_record
+from zoo.train.deepspeed import DEEPSPEED_CONFIG_FILE, deepspeed_config, save_config
+from zoo.train.lm import NonFiniteLoss, optimisation_arguments, precision_flags
+from zoo.train.ranks import (
     failure_reason,
     ignore_sigterm,
     is_distributed_launch,
     is_main_rank,
     note_failure,
-    save_config,
     stop_on_sigterm,
     world_size,
 )
-from zoo.errors import ZooError
-from zoo.glue import data
-from zoo.glue.metrics import predictions_from_outputs, task_metrics, task_score
-from zoo.glue.predict import write_predictions
-from zoo.glue.recipe import GlueRecipe, cell_id, format_lr, glue_recipe_hash, glue_recipe_yaml, model_tag
-from zoo.glue.tasks import GlueTask, get_task
-from zoo.models import count_parameters, find_model_spec, has_tokenizer_files, pretrained_source
-from zoo.recipe import DeepSpeedSection, TrainSection
-from zoo.records import RECIPE_FILE, atomic_write, environment, now_iso, write_record
-from zoo.tokenization import load_tokenizer
-from zoo.train import NonFiniteLoss, optimisation_arguments, precision_flags
 
 MODEL_INPUTS = ("input_ids", "token_type_ids", "attention_mask", "labels")
 

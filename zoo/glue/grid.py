@@ -36,14 +36,15 @@ from pathlib import Path
 from typing import Any
 
 from zoo import paths
-from zoo.deepspeed import is_distributed_launch, is_main_rank, shared_from_main
 from zoo.errors import ZooError
+from zoo.files import atomic_write
 from zoo.glue import data
 from zoo.glue.finetune import Cell, run_cell, tokenizer_source
 from zoo.glue.metrics import glue_average, partial_average
-from zoo.glue.recipe import GlueRecipe, format_lr, grid_cells
 from zoo.glue.tasks import TASKS, get_task
-from zoo.records import RECORD_FILE, atomic_write, now_iso, read_record
+from zoo.recipe.glue import GlueRecipe, format_lr, grid_cells
+from zoo.record.store import RECORD_FILE, now_iso, read_record
+from zoo.train.ranks import is_distributed_launch, is_main_rank, shared_from_main
 
 LOCK_FILE = ".lock"
 
@@ -173,7 +174,7 @@ def warm_caches(cells: list[Cell], predict_test: bool) -> dict[str, str]:
         roles = ("train", "dev", "test") if predict_test else ("train", "dev")
         names = [s.name for s in task.splits if s.role in roles and data.split_available(s)]
         try:
-            from zoo.tokenization import load_tokenizer
+            from zoo.data.tokenization import load_tokenizer
 
             data.prepare(task, names, load_tokenizer(tokenizer_source(recipe)), recipe.task.max_length)
         except ZooError as exc:  # each of the task's cells will fail with this reason and be recorded

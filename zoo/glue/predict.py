@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from zoo.errors import ZooError
+from zoo.files import atomic_write
 from zoo.glue.metrics import predictions_from_outputs
 from zoo.glue.tasks import TASKS, GlueTask, SplitSpec
-from zoo.records import atomic_write
 
 SUBMISSION_FILES = [split.submission for task in TASKS.values() for split in task.splits if split.submission]
 

@@ -22,10 +22,10 @@ from transformers import (
     set_seed,
 )
 
-from zoo.data import wordpiece_prefix
+from zoo.data.masking import wordpiece_prefix
+from zoo.data.tokenization import load_tokenizer
 from zoo.errors import ZooError
-from zoo.models import Objective, find_model_spec, has_tokenizer_files, objective_of, pretrained_source
-from zoo.tokenization import load_tokenizer
+from zoo.model.registry import Objective, find_model_spec, has_tokenizer_files, objective_of, pretrained_source
 
 MASK_PLACEHOLDERS = ("[MASK]", "<mask>")
 

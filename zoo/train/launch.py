@@ -19,7 +19,6 @@ import os
 import re
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -27,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from zoo.errors import ZooError
+from zoo.train.ranks import free_port
 
 LAUNCHED_ENV = "ZOO_LAUNCHED"
 # launch flags and whether they take a value; they are removed from the ranks' command line
@@ -93,13 +93,6 @@ def read_hostfile(path: Path) -> dict[str, int]:
     if not hosts:
         raise ZooError(f"--hostfile {path}: no 'HOST slots=N' line")
     return hosts
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on right now (for a launch on this machine only)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def gpu_count() -> int:

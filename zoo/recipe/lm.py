@@ -8,8 +8,6 @@ written next to every run record and reproduces the run when fed back with `--re
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -18,9 +16,8 @@ import yaml
 
 from zoo import paths
 from zoo.errors import ZooError
-from zoo.schema import RecipeError, build, setting, to_dict
-
-Precision = Literal["auto", "fp32", "bf16", "fp16"]
+from zoo.recipe.common import DeepSpeedSection, RecipeHead, TrainSection, apply_overrides, dict_hash, read_yaml
+from zoo.recipe.schema import RecipeError, build, setting, to_dict
 
 
 @dataclass
@@ -65,37 +62,6 @@ class ObjectiveSection:
 
 
 @dataclass
-class TrainSection:
-    batch_size: int = setting(32, doc="Per-device (per-process) micro-batch size.", low=1)
-    grad_accum: int = setting(1, doc="Gradient accumulation steps.", low=1)
-    lr: float = setting(1e-4, doc="Peak learning rate (AdamW).", low=0, high=1)
-    weight_decay: float = setting(0.01, doc="AdamW weight decay.", low=0, high=1)
-    adam_beta2: float = setting(0.999, doc="AdamW beta2.", low=0, high=1)
-    warmup: float = setting(0.06, doc="Warm-up: a fraction of all steps if < 1, else a step count.", low=0)
-    schedule: Literal["linear", "cosine", "constant", "constant_with_warmup"] = setting(
-        "linear", doc="Learning-rate schedule after warm-up."
-    )
-    max_steps: int = setting(-1, doc="Optimizer steps to run; -1: run `epochs` epochs.", low=-1)
-    epochs: float = setting(1.0, doc="Epochs over the training blocks (when max_steps is -1).", low=0)
-    seed: int = setting(42, doc="Seed for initialisation, data order and dynamic masking.")
-    precision: Precision = setting("auto", doc="auto: bf16 on a GPU that supports it, else fp32.")
-    max_grad_norm: float = setting(1.0, doc="Gradient clipping norm (0 disables).", low=0)
-    log_every: int = setting(50, doc="Log the training loss every N steps.", low=1)
-    eval_every: int = setting(0, doc="Evaluate every N steps (0: only at the end).", low=0)
-    save_every: int = setting(0, doc="Checkpoint every N steps (0: only at the end).", low=0)
-    save_total_limit: int = setting(2, doc="Keep at most this many intermediate checkpoints.", low=1)
-    dataloader_workers: int = setting(0, doc="DataLoader worker processes.", low=0)
-
-
-@dataclass
-class DeepSpeedSection:
-    enabled: bool = setting(False, doc="Train through DeepSpeed (implied by a multi-process launch).")
-    zero_stage: int = setting(0, doc="ZeRO stage: 0 none, 1 optimizer, 2 +gradients, 3 +parameters.", low=0, high=3)
-    offload_optimizer: bool = setting(False, doc="Keep optimizer state in CPU memory (ZeRO >= 1).")
-    offload_params: bool = setting(False, doc="Keep parameters in CPU memory (ZeRO 3).")
-
-
-@dataclass
 class EvalSection:
     batch_size: int = setting(64, doc="Evaluation batch size per process.", low=1)
     max_blocks: int | None = setting(2000, doc="Evaluate on at most this many blocks (null: all).", low=1)
@@ -103,10 +69,8 @@ class EvalSection:
 
 
 @dataclass
-class Recipe:
-    name: str = setting("", doc="Recipe name; empty: <model>-<corpus>.")
+class Recipe(RecipeHead):
     kind: Literal["pretrain", "finetune"] = setting("pretrain", doc="pretrain (from scratch) or finetune.")
-    smoke: bool = setting(False, doc="A smoke/debug run: recorded but kept off leaderboards.")
     model: ModelSection = setting(factory=ModelSection, doc="What to train.")
     tokenizer: TokenizerSection = setting(factory=TokenizerSection, doc="How text becomes tokens.")
     data: DataSection = setting(factory=DataSection, doc="What to train on.")
@@ -117,53 +81,6 @@ class Recipe:
 
 
 # --------------------------------------------------------------------------- loading
-
-
-def read_yaml(path: Path) -> dict[str, Any]:
-    """A YAML mapping from `path`, or a one-line RecipeError."""
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise RecipeError(f"{path}: no such recipe file") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise RecipeError(f"{path}:{where} not valid YAML ({getattr(exc, 'problem', exc)})") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise RecipeError(f"{path}: a recipe must be a mapping of sections, got {type(data).__name__}")
-    return data
-
-
-def parse_override(text: str) -> tuple[list[str], Any]:
-    """`train.lr=3e-4` -> (['train', 'lr'], 0.0003); the value is read as YAML."""
-    if "=" not in text:
-        raise RecipeError(f"override {text!r}: expected KEY=VALUE, e.g. train.lr=3e-4")
-    key, value = text.split("=", 1)
-    parts = [p for p in key.strip().split(".") if p]
-    if not parts:
-        raise RecipeError(f"override {text!r}: empty key")
-    try:
-        parsed = yaml.safe_load(value) if value.strip() else ""
-    except yaml.YAMLError:
-        parsed = value
-    return parts, parsed
-
-
-def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """A copy of `raw` with each dotted override set (validated later against the schema)."""
-    result = copy.deepcopy(raw)
-    for text in overrides:
-        parts, value = parse_override(text)
-        node = result
-        for part in parts[:-1]:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise RecipeError(f"override {text!r}: {part!r} is not a section")
-            node = child
-        node[parts[-1]] = value
-    return result
 
 
 def load_recipe(raw: dict[str, Any], source: str, overrides: list[str] | None = None) -> Recipe:
@@ -198,8 +115,8 @@ def compose(kind: str, model: str, corpus: str, overrides: list[str] | None = No
 
 def resolve(recipe: Recipe) -> Recipe:
     """Fill every blank from the registries so the saved recipe is fully explicit."""
-    from zoo.corpora import get_corpus
-    from zoo.models import find_model_spec
+    from zoo.data.corpora import get_corpus
+    from zoo.model.registry import find_model_spec
 
     resolved = copy.deepcopy(recipe)
     spec = find_model_spec(resolved.model.name)
@@ -227,7 +144,7 @@ def resolve(recipe: Recipe) -> Recipe:
 
 def _resolve_from_checkpoint(recipe: Recipe) -> None:
     """A zoo run id, checkpoint directory or hub id: take its tokenizer and objective from what it saved."""
-    from zoo.models import has_tokenizer_files, objective_of, pretrained_source
+    from zoo.model.registry import has_tokenizer_files, objective_of, pretrained_source
 
     source = Path(pretrained_source(recipe.model.name))
     if not source.is_dir():
@@ -248,7 +165,6 @@ def recipe_yaml(recipe: Recipe) -> str:
     return yaml.safe_dump(recipe_dict(recipe), sort_keys=False)
 
 
-def recipe_hash(recipe: Recipe | dict[str, Any]) -> str:
-    """A short, stable hash of a (resolved) recipe: same hash, same run."""
-    data = recipe if isinstance(recipe, dict) else recipe_dict(recipe)
-    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
+def recipe_hash(recipe: Recipe) -> str:
+    """A short, stable hash of a resolved recipe: same hash, same run."""
+    return dict_hash(recipe_dict(recipe))

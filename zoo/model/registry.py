@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
-
-from transformers import PretrainedConfig
-from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_FOR_MASKED_LM_MAPPING_NAMES
+from typing import TYPE_CHECKING, Any, Literal
 
 from zoo import paths
 from zoo.errors import DataNotFoundError, ZooError
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
 
 Objective = Literal["mlm", "clm"]
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json")
@@ -106,7 +106,7 @@ def pretrained_source(name_or_path: str) -> str:
     run_checkpoint = paths.checkpoints_dir() / name_or_path / "final"
     if (run_checkpoint / "config.json").is_file():
         return str(run_checkpoint)
-    from zoo.records import find_run
+    from zoo.record.store import find_run
 
     if find_run(name_or_path) is not None:
         raise DataNotFoundError(
@@ -131,6 +131,11 @@ def pretrained_source(name_or_path: str) -> str:
 
 def objective_of(config: PretrainedConfig) -> Objective | None:
     """mlm or clm from a saved config: its head class (`architectures`), else its model type."""
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+    )
+
     for architecture in config.architectures or []:
         if architecture.endswith("ForMaskedLM"):
             return "mlm"

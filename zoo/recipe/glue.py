@@ -26,8 +26,8 @@ import yaml
 from zoo import paths
 from zoo.errors import ZooError
 from zoo.glue.tasks import TASKS, get_task
-from zoo.recipe import TrainSection, apply_overrides, read_yaml, recipe_hash
-from zoo.schema import RecipeError, build, setting, to_dict
+from zoo.recipe.common import RecipeHead, TrainSection, apply_overrides, dict_hash, merge, read_yaml
+from zoo.recipe.schema import RecipeError, build, setting, to_dict
 
 DEFAULT_RECIPE = "classic"
 # Fine-tuning defaults that differ from pretraining's TrainSection (BERT's run_classifier settings).
@@ -65,26 +65,13 @@ class GlueEvalSection:
 
 
 @dataclass
-class GlueRecipe:
-    name: str = setting("", doc="Recipe name (informational).")
+class GlueRecipe(RecipeHead):
     kind: Literal["glue"] = setting("glue", doc="Always 'glue'.")
-    smoke: bool = setting(False, doc="A smoke/debug run: recorded but kept off leaderboards.")
     model: GlueModelSection = setting(factory=GlueModelSection, doc="The model to fine-tune.")
     task: TaskSection = setting(factory=TaskSection, doc="Task and input length.")
     train: TrainSection = setting(factory=TrainSection, doc="Optimisation (batch_size, lr, seed: one cell).")
     grid: GridSection = setting(factory=GridSection, doc="The hyper-parameter grid of `--grid`.")
     eval: GlueEvalSection = setting(factory=GlueEvalSection, doc="Evaluation.")
-
-
-def merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
-    """`top` laid over `base`, section by section (a copy)."""
-    result = copy.deepcopy(base)
-    for key, value in top.items():
-        if isinstance(value, dict) and isinstance(result.get(key), dict):
-            result[key] = merge(result[key], value)
-        else:
-            result[key] = copy.deepcopy(value)
-    return result
 
 
 def default_recipe_path() -> Path:
@@ -144,7 +131,7 @@ def glue_recipe_yaml(recipe: GlueRecipe) -> str:
 
 
 def glue_recipe_hash(recipe: GlueRecipe) -> str:
-    return recipe_hash(to_dict(recipe))
+    return dict_hash(to_dict(recipe))
 
 
 def format_lr(lr: float) -> str:

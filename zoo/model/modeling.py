@@ -27,8 +27,8 @@ from transformers.modeling_outputs import CausalLMOutputWithCrossAttentions, Mas
 from transformers.models.roberta.modeling_roberta import gelu as roberta_gelu
 
 from zoo.errors import ZooError
-from zoo.models import find_model_spec, pretrained_source
-from zoo.recipe import Recipe
+from zoo.model.registry import find_model_spec, pretrained_source
+from zoo.recipe.lm import Recipe
 
 # --------------------------------------------------------------------------- sparse MLM prediction
 # An MLM loss only needs the vocabulary projection at the ~15% masked positions. The classes below

@@ -16,39 +16,31 @@ from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
 from zoo import paths
-from zoo.data import (
-    BlockDataset,
-    EpochClock,
-    FixedMaskDataset,
-    MLMCollator,
-    MLMMasker,
-    block_layout,
-    clm_collate,
-    predicted_tokens,
-    prepare_splits,
-)
-from zoo.deepspeed import (
-    DEEPSPEED_CONFIG_FILE,
+from zoo.data.masking import EpochClock, FixedMaskDataset, MLMCollator, MLMMasker, clm_collate, predicted_tokens
+from zoo.data.packing import BlockDataset, block_layout, prepare_splits
+from zoo.data.tokenization import load_tokenizer
+from zoo.errors import TrainingFailed, ZooError
+from zoo.files import atomic_write
+from zoo.model.modeling import build_model
+from zoo.model.registry import count_parameters
+from zoo.recipe.common import TrainSection
+from zoo.recipe.lm import Recipe, recipe_hash, recipe_yaml
+from zoo.record.environment import environment
+from zoo.record.store import RECIPE_FILE, new_run_id, now_iso, run_dir, write_record
+from zoo.train.deepspeed import DEEPSPEED_CONFIG_FILE, deepspeed_config, save_config
+from zoo.train.evaluation import lm_metrics
+from zoo.train.ranks import (
     as_single_rank,
-    deepspeed_config,
     failure_reason,
     ignore_sigterm,
     is_distributed_launch,
     is_main_rank,
     join_launch,
     note_failure,
-    save_config,
     shared_from_main,
     stop_on_sigterm,
     world_size,
 )
-from zoo.errors import TrainingFailed, ZooError
-from zoo.evaluation import lm_metrics
-from zoo.modeling import build_model
-from zoo.models import count_parameters
-from zoo.recipe import Recipe, TrainSection, recipe_hash, recipe_yaml
-from zoo.records import RECIPE_FILE, atomic_write, environment, new_run_id, now_iso, run_dir, write_record
-from zoo.tokenization import load_tokenizer
 
 
 class NonFiniteLoss(RuntimeError):
@@ -230,7 +222,8 @@ def find_resumable(recipe: Recipe) -> str | None:
     digest = recipe_hash(recipe)
     candidates = sorted(paths.checkpoints_dir().glob(f"*/{RECIPE_FILE}"), key=lambda p: p.stat().st_mtime)
     for saved in reversed(candidates):
-        from zoo.recipe import load_recipe, read_yaml
+        from zoo.recipe.common import read_yaml
+        from zoo.recipe.lm import load_recipe
 
         if recipe_hash(load_recipe(read_yaml(saved), str(saved))) == digest and get_last_checkpoint(str(saved.parent)):
             return saved.parent.name
@@ -408,7 +401,7 @@ def evaluate_checkpoint(recipe: Recipe, checkpoint: str) -> dict[str, float]:
     """Perplexity of a saved checkpoint on the recipe's evaluation set (same blocks, same fixed masks)."""
     import dataclasses
 
-    from zoo.tokenization import load_tokenizer as load
+    from zoo.data.tokenization import load_tokenizer as load
 
     tokenizer = load(checkpoint) if (Path(checkpoint) / "tokenizer_config.json").is_file() else load(
         recipe.tokenizer.name)

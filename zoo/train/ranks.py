@@ -1,16 +1,9 @@
-"""The recipe's `deepspeed` section as an explicit DeepSpeed config; the ranks of a multi-process launch.
+"""The ranks of a multi-process launch: who am I, agreeing through rank 0, failing together.
 
-Every number in the generated config is derived from the recipe's `train` section and the launch's
-world size, so nothing is written twice and the HF integration has no "auto" left to fill or to
-mismatch. The optimizer and learning-rate schedule are deliberately absent: the Trainer builds them
-from `train` (lr, warm-up, schedule, weight decay) and hands them to DeepSpeed, so there is one
-optimizer definition whichever engine runs. The config is saved as `deepspeed.json` beside the run
-record; `zoo <kind> --recipe recipe.yaml` with the same number of processes regenerates it.
-
-In a launch (see zoo.launch) every rank runs the same command; only global rank 0 prints and writes
-records and tables. The ranks agree on the run id through rank 0, and fail together: a rank that
-fails leaves a one-line note beside the checkpoints, the launcher stops the others (SIGTERM, turned
-into `RankTerminated` here), and rank 0 writes the failed record with the failing rank's reason.
+In a launch (see zoo.train.launch) every rank runs the same command; only global rank 0 prints and
+writes records and tables. The ranks agree on the run id through rank 0, and fail together: a rank
+that fails leaves a one-line note beside the checkpoints, the launcher stops the others (SIGTERM,
+turned into `RankTerminated` here), and rank 0 writes the failed record with the failing rank's reason.
 """
 
 from __future__ import annotations
@@ -19,13 +12,11 @@ import contextlib
 import json
 import os
 import signal
+import socket
 from pathlib import Path
 from typing import Any
 
-from zoo.recipe import DeepSpeedSection, TrainSection
-from zoo.records import atomic_write
-
-DEEPSPEED_CONFIG_FILE = "deepspeed.json"
+from zoo.files import atomic_write
 
 
 def world_size() -> int:
@@ -43,47 +34,6 @@ def is_main_rank() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def zero_section(ds: DeepSpeedSection, hidden_size: int | None, pin_memory: bool) -> dict[str, Any]:
-    """`zero_optimization`: the stage, CPU offload, and for ZeRO-3 the buckets sized to the model."""
-    zero: dict[str, Any] = {"stage": ds.zero_stage}
-    if ds.offload_optimizer and ds.zero_stage >= 1:
-        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": pin_memory}
-    if ds.offload_params and ds.zero_stage == 3:
-        zero["offload_param"] = {"device": "cpu", "pin_memory": pin_memory}
-    if ds.zero_stage == 3:  # gather the split weights when saving, so `final/` is a plain HF model directory
-        zero["stage3_gather_16bit_weights_on_model_save"] = True
-    if ds.zero_stage == 3 and hidden_size:
-        # the values the HF integration would fill for "auto", computed here so the saved file is complete
-        zero.update(reduce_bucket_size=hidden_size * hidden_size,
-                    stage3_prefetch_bucket_size=int(0.9 * hidden_size * hidden_size),
-                    stage3_param_persistence_threshold=10 * hidden_size)
-    return zero
-
-
-def deepspeed_config(t: TrainSection, ds: DeepSpeedSection, world: int, bf16: bool, fp16: bool,
-                     hidden_size: int | None = None, pin_memory: bool = False) -> dict[str, Any]:
-    """The DeepSpeed config for a `train` section (batch_size per process) run by `world` processes."""
-    return {
-        "train_micro_batch_size_per_gpu": t.batch_size,
-        "gradient_accumulation_steps": t.grad_accum,
-        "train_batch_size": t.batch_size * t.grad_accum * world,
-        "gradient_clipping": t.max_grad_norm,
-        "bf16": {"enabled": bf16},
-        "fp16": {"enabled": fp16},
-        "zero_optimization": zero_section(ds, hidden_size, pin_memory),
-        "steps_per_print": 10**9,  # zoo logs the loss itself (train.log_every); keep DeepSpeed quiet
-        "wall_clock_breakdown": False,
-    }
-
-
-def save_config(config: dict[str, Any], directory: Path) -> Path:
-    """Write `deepspeed.json` into a run's record directory; returns its path."""
-    path = directory / DEEPSPEED_CONFIG_FILE
-    atomic_write(path, json.dumps(config, indent=2) + "\n")
-    return path
-
-
-# --------------------------------------------------------------------------- ranks of a launch
 
 
 class RankTerminated(Exception):
@@ -104,12 +54,17 @@ def ignore_sigterm() -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
+def free_port() -> int:
+    """A TCP port nobody listens on right now (for a launch on this machine only)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 def as_single_rank() -> None:
     """Make a process started without a launcher a 1-process launch, as DeepSpeed needs (else it looks for MPI)."""
     if "RANK" in os.environ:
         return
-    from zoo.launch import free_port
-
     os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(free_port()))
 

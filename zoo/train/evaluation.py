@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from zoo.data import predicted_tokens
+from zoo.data.masking import predicted_tokens
 
 
 def shard_indices(length: int, rank: int, world: int) -> list[int]:

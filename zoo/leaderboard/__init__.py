@@ -41,13 +41,14 @@ import numpy as np
 import pandas as pd
 from tabulate import tabulate
 
-from zoo import plots
 from zoo.errors import ZooError
+from zoo.files import atomic_write
 from zoo.glue.metrics import glue_average, partial_average, task_score
-from zoo.glue.recipe import format_lr
 from zoo.glue.tasks import TASKS, GlueTask
-from zoo.recipe import read_yaml
-from zoo.records import RECIPE_FILE, RECORD_FILE, atomic_write, iter_records
+from zoo.leaderboard import figures as plots
+from zoo.recipe.common import read_yaml
+from zoo.recipe.glue import format_lr
+from zoo.record.store import RECIPE_FILE, RECORD_FILE, iter_records
 
 LEADERBOARD_FILE = "LEADERBOARD.md"
 PLOTS_DIR = "plots"
@@ -490,7 +491,7 @@ def model_link(board: Board, tag: str, model: str, links: Links) -> str:
             record = board.root / kind / candidate / RECORD_FILE
             if candidate and record.is_file():
                 return links.md(tag, record)
-    from zoo.models import find_model_spec
+    from zoo.model.registry import find_model_spec
 
     spec = find_model_spec(model)
     hub_id = spec.hub_id if spec else (model if HUB_ID.fullmatch(model) else "")
