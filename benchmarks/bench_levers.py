@@ -1,6 +1,6 @@
 """Levers: each candidate speed-up measured alone against zoo's default path, to keep only what wins.
 
-Every arm runs `zoo pretrain`'s training (`zoo.train.run_lm`, the code behind the command) on the same
+Every arm runs `zoo pretrain`'s training (`zoo.train.lm.run_lm`, the code behind the command) on the same
 packed IMDB blocks, seed, batch and schedule, with exactly one thing changed from the default:
 
     default          zoo as shipped: SDPA attention, fused AdamW, no torch.compile, no DataLoader workers
@@ -34,6 +34,7 @@ LEVERS = ("default", "eager-attention", "adamw-unfused", "torch-compile", "loade
 
 def apply_lever(lever: str) -> None:
     """Switch one lever in this (fresh) arm process by wrapping the function of zoo that decides it."""
+    import zoo.train.hf_trainer as wiring
     import zoo.train.lm as train
 
     if lever == "eager-attention":
@@ -46,9 +47,9 @@ def apply_lever(lever: str) -> None:
 
         train.build_model = eager_model
     elif lever in ("adamw-unfused", "torch-compile"):
-        arguments = train.optimisation_arguments
+        arguments = wiring.optimisation_arguments
         extra = {"optim": "adamw_torch"} if lever == "adamw-unfused" else {"torch_compile": True}
-        train.optimisation_arguments = lambda t, eval_batch_size: {**arguments(t, eval_batch_size), **extra}
+        wiring.optimisation_arguments = lambda t, eval_batch_size: {**arguments(t, eval_batch_size), **extra}
     elif lever != "default" and lever != "loader-workers":
         raise ValueError(f"unknown lever {lever!r}")
 
@@ -65,8 +66,8 @@ def lever_arm(spec: dict[str, Any]) -> dict[str, Any]:
         recipe.train.dataloader_workers = 2
     with common.scratch_dirs(own_cache=False):
         record = run_lm(recipe)
-    return {"tokens_per_s": record["tokens_seen"] / record["train_time_s"], "train_s": record["train_time_s"],
-            "eval_loss": record["metrics"]["eval_loss"], "torch_threads": torch.get_num_threads()}
+    return {"tokens_per_s": record.tokens_seen / record.train_time_s, "train_s": record.train_time_s,
+            "eval_loss": record.metrics.eval_loss, "torch_threads": torch.get_num_threads()}
 
 
 ARMS = {"lever": lever_arm}

@@ -18,6 +18,7 @@ after its step-4 checkpoint, then `--resume` of that run.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -60,7 +61,7 @@ def tiny_recipe(model: str, corpus: Path, name: str, batch_size: int, zero_stage
 def run_single(raw: dict[str, Any]) -> dict[str, Any]:
     from zoo.train.lm import run_lm
 
-    return run_lm(resolve(load_recipe(raw, raw["name"])))
+    return dataclasses.asdict(run_lm(resolve(load_recipe(raw, raw["name"]))))
 
 
 def records(results: Path) -> dict[str, dict[str, Any]]:
@@ -171,7 +172,7 @@ def test_train_loss_is_the_token_mean_of_the_whole_accumulated_step(text_corpus:
     from zoo.data.masking import predicted_tokens
     from zoo.data.tokenization import load_tokenizer
     from zoo.model.modeling import build_model
-    from zoo.train.lm import ZooTrainer, lm_data, training_arguments
+    from zoo.train.lm import ZooTrainer, lm_data, lm_training_arguments
 
     raw = tiny_recipe("bert-tiny", text_corpus, "accum", batch_size=4, grad_accum=2, max_steps=1, lr=0.0)
     recipe = resolve(load_recipe(raw, "accum"))
@@ -184,7 +185,7 @@ def test_train_loss_is_the_token_mean_of_the_whole_accumulated_step(text_corpus:
         batches.append(data.collate(examples))
         return batches[-1]
 
-    args = training_arguments(recipe, text_corpus.parent / "out", None)
+    args = lm_training_arguments(recipe, text_corpus.parent / "out", None)
     trainer = ZooTrainer(model=model, args=args, train_dataset=data.train, data_collator=collate, objective="mlm")
     trainer.train()
     batches = batches[:2]  # the loader collates one batch ahead
@@ -299,11 +300,13 @@ def test_glue_cell_failure_policy_in_a_launch(tmp_path: Path, isolated: Path, mi
     """In a launch a non-finite loss (stopped on every rank at once) is recorded and the grid goes on; any
     other failure ends the launch: rank 1 leaves its reason, rank 0 records the cell with it and re-raises."""
     import zoo.glue.finetune as finetune
+    import zoo.train.lifecycle as lifecycle
+    from zoo.glue.cell import Cell
     from zoo.recipe.glue import cell_recipe, load_glue_recipe
-    from zoo.train.lm import NonFiniteLoss
+    from zoo.train.hf_trainer import NonFiniteLoss
 
     model = str(save_tiny_bert(tmp_path / "tiny-bert"))
-    cell = finetune.Cell(cell_recipe(load_glue_recipe(None, [f"model.name={model}"]), "rte", 8, 1e-4, 42), model)
+    cell = Cell(cell_recipe(load_glue_recipe(None, [f"model.name={model}"]), "rte", 8, 1e-4, 42), model)
     failure: list[BaseException] = []
 
     def failing(*args: Any) -> None:
@@ -311,24 +314,24 @@ def test_glue_cell_failure_policy_in_a_launch(tmp_path: Path, isolated: Path, mi
 
     monkeypatch.setattr(finetune, "train_and_evaluate", failing)
     for handler in ("stop_on_sigterm", "ignore_sigterm"):  # pytest's own SIGTERM handling stays as it is
-        monkeypatch.setattr(finetune, handler, lambda: None)
+        monkeypatch.setattr(lifecycle, handler, lambda: None)
     monkeypatch.setenv("WORLD_SIZE", "2")
 
     monkeypatch.setenv("RANK", "1")
     failure[:] = [RuntimeError("out of memory on rank 1")]
     with pytest.raises(RuntimeError):
-        finetune.run_cell(cell, started="t0")
+        finetune.run_cell(cell.to_spec(started="t0"))
     assert not (cell.directory / "run.json").exists()  # only rank 0 writes records
 
     monkeypatch.setenv("RANK", "0")
     failure[:] = [RankTerminated("stopped by the launcher")]
     with pytest.raises(RankTerminated):
-        finetune.run_cell(cell, started="t0")
+        finetune.run_cell(cell.to_spec(started="t0"))
     record = json.loads((cell.directory / "run.json").read_text())
     assert record["status"] == "failed" and record["reason"] == "rank 1: RuntimeError: out of memory on rank 1"
 
     failure[:] = [NonFiniteLoss("training loss became nan at step 3")]
-    record = finetune.run_cell(cell, started="t1")  # returned, not raised: the grid goes on
+    record = finetune.run_cell(cell.to_spec(started="t1"))  # returned, not raised: the grid goes on
     assert record["status"] == "failed" and record["reason"] == "NonFiniteLoss: training loss became nan at step 3"
     assert json.loads((cell.directory / "run.json").read_text())["reason"] == record["reason"]
 

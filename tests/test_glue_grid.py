@@ -13,7 +13,7 @@ import yaml
 
 from tests.conftest import save_tiny_bert
 from zoo.cli import main
-from zoo.glue.finetune import Cell
+from zoo.glue.cell import Cell
 from zoo.glue.grid import claimed, run_claimed
 from zoo.recipe.glue import cell_recipe, load_glue_recipe
 
@@ -122,7 +122,7 @@ def test_a_single_run_and_the_same_grid_cell_share_one_record(tiny_model: Path) 
 
 
 def test_best_setting_is_chosen_on_the_mean_over_seeds_with_deterministic_ties() -> None:
-    from zoo.glue.grid import best_row
+    from zoo.glue.selection import best_row
 
     def row(bs: int, lr: float, seed: int, score: float | None, status: str = "ok") -> dict:
         return {"run_id": f"bs{bs}-lr{lr}-s{seed}", "batch_size": bs, "lr": lr, "seed": seed, "score": score,

@@ -16,13 +16,17 @@ import json
 import os
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from zoo import leaderboard as lb
 from zoo.cli import main
+from zoo.leaderboard import figures, glue_index, glue_view, load, outputs, render
+from zoo.leaderboard.readme import update_readme_text, write_readme
+from zoo.leaderboard.text import Links
 from zoo.recipe.glue import cell_recipe, glue_recipe_hash, glue_recipe_yaml, load_glue_recipe, single_cell
 from zoo.recipe.lm import compose, recipe_yaml, resolve
 
@@ -158,45 +162,50 @@ def relative_links(markdown: str) -> list[str]:
     return RELATIVE_LINK.findall(markdown)
 
 
+def index_line(markdown: str, task_label: str) -> str:
+    """The table line of one task ('MRPC') in a GLUE config index."""
+    return next(line for line in markdown.splitlines() if line.startswith(f"| {task_label} ("))
+
+
 # ---------------------------------------------------------------------------------------------- golden
 
 
-@pytest.mark.parametrize("name", lb.SECTIONS)
+@pytest.mark.parametrize("name", render.SECTIONS)
 def test_each_table_matches_its_golden_file(results: Path, name: str) -> None:
-    board = lb.load_board(results)
-    assert_golden(f"{name}.md", lb.section(board, name, lb.Links(results), 3) + "\n")
+    board = load.load_board(results)
+    assert_golden(f"{name}.md", render.section(board, name, Links(results), 3) + "\n")
 
 
 def test_leaderboard_and_readme_match_golden_files(results: Path, tmp_path: Path) -> None:
-    board = lb.load_board(results)
-    assert_golden("LEADERBOARD.md", lb.leaderboard_markdown(board))
+    board = load.load_board(results)
+    assert_golden("LEADERBOARD.md", render.leaderboard_markdown(board))
     readme = tmp_path / "README.md"
     readme.write_bytes(README_TEMPLATE.encode())
-    assert_golden("readme.md", lb.update_readme_text(README_TEMPLATE, board, readme))
+    assert_golden("readme.md", update_readme_text(README_TEMPLATE, board, readme))
 
 
 # ---------------------------------------------------------------------------------------------- content
 
 
 def test_failed_runs_show_as_failed_never_as_a_number(results: Path) -> None:
-    board = lb.load_board(results)
-    links = lb.Links(results)
-    pretrain = lb.section(board, "pretrain", links, 3)
+    board = load.load_board(results)
+    links = Links(results)
+    pretrain = render.section(board, "pretrain", links, 3)
     failed_row = next(line for line in pretrain.splitlines() if "bert-mini-wikipedia-20250103" in line)
     assert "failed (NonFiniteLoss)" in failed_row
     assert "3.46" not in failed_row and "1.23" not in failed_row  # the failed run's leftover metrics
-    grids = lb.section(board, "grids", links, 3)
+    grids = render.section(board, "grids", links, 3)
     cola_grid = grids.split("· CoLA (MCC)")[1].split("####")[0]
     assert re.search(r"\| 32 +\| +15\.1 \| +failed \|", cola_grid)  # lr 5e-5 then 1e-4
-    glue = lb.section(board, "glue", links, 3)
+    glue = render.section(board, "glue", links, 3)
     bert_tiny_row = next(line for line in glue.splitlines() if line.startswith("| [bert-tiny](https://"))
     cells = [c.strip() for c in bert_tiny_row.split("|")]
-    assert cells[lb.GLUE_COLUMNS.index(lb.GLUE_TASKS["rte"]) + 3] == "failed"
+    assert cells[glue_view.GLUE_COLUMNS.index(glue_view.GLUE_TASKS["rte"]) + 3] == "failed"
     assert "83.1 (1/9 tasks)" in bert_tiny_row  # the average covers the finished task only, labelled so
 
 
 def test_best_cell_averages_seeds_and_breaks_ties_by_smaller_batch_size(results: Path) -> None:
-    grids = lb.load_board(results).grids[TINY_RUN]
+    grids = load.load_board(results).grids[TINY_RUN]
     assert grids["cola"].best_setting == (16, 1e-4)
     mrpc = grids["mrpc"]
     assert mrpc.best_setting == (32, 1e-4)  # 76.15 beats the 2-seed mean 76.0 of (16, 5e-5)
@@ -205,34 +214,36 @@ def test_best_cell_averages_seeds_and_breaks_ties_by_smaller_batch_size(results:
     assert mrpc.best_dev == pytest.approx({"f1": 0.812, "accuracy": 0.711})
     # a second seed of the best setting: the dev metrics are its seeds' mean, the cfg link its best seed
     glue_cell(results, TINY_RUN, "mrpc", 32, 1e-4, 50, {"f1": 0.822, "accuracy": 0.721})
-    board = lb.load_board(results)
+    board = load.load_board(results)
     mrpc = board.grids[TINY_RUN]["mrpc"]
     assert mrpc.best_setting == (32, 1e-4) and mrpc.best["seed"] == 50
     assert mrpc.best_dev == pytest.approx({"f1": 0.817, "accuracy": 0.716})
-    glue = lb.section(board, "glue", lb.Links(results), 3)
-    assert f"[mrpc](glue/{TINY_RUN}/mrpc/bs32-lr1e-04-s50/recipe.yaml)" in glue and "81.7/71.6" in glue
+    glue = render.section(board, "glue", Links(results), 3)
+    assert f"[cfg](glue/{TINY_RUN}/INDEX.md)" in glue and "81.7/71.6" in glue
+    mrpc_line = index_line(glue_index.index_markdown(board, TINY_RUN), "MRPC")
+    assert "[recipe.yaml](mrpc/bs32-lr1e-04-s50/recipe.yaml)" in mrpc_line and "81.7/71.6" in mrpc_line
 
 
 def test_smoke_runs_stay_off_unless_asked_for(results: Path) -> None:
-    hidden = lb.leaderboard_markdown(lb.load_board(results))
+    hidden = render.leaderboard_markdown(load.load_board(results))
     for marker in ("20250104", "bert-tiny-imdb-20250105", "1.11", "1.22", "99.0"):
         assert marker not in hidden
-    shown = lb.leaderboard_markdown(lb.load_board(results, include_smoke=True))
+    shown = render.leaderboard_markdown(load.load_board(results, include_smoke=True))
     for marker in ("20250104", "bert-tiny-imdb-20250105", "1.11", "1.22", "99.0"):
         assert marker in shown
 
 
 def test_glue_average_convention_reproduces_every_published_reference_score(results: Path) -> None:
-    references = lb.load_references(results)
+    references = load.load_references(results)
     assert [r.model for r in references] == ["BERT-Tiny", "BERT-Mini", "BERT-Small", "BERT-Medium"]
     for reference in references:
-        average, count = lb.line_average(reference.tasks)
+        average, count = glue_view.line_average(reference.tasks)
         assert count == 9
         assert abs(average - reference.score) < 0.1, (reference.model, average)  # per-task values are rounded
 
 
 def test_reference_rows_are_labelled_as_published_test_numbers(results: Path) -> None:
-    glue = lb.section(lb.load_board(results), "glue", lb.Links(results), 3)
+    glue = render.section(load.load_board(results), "glue", Links(results), 3)
     row = next(line for line in glue.splitlines() if line.startswith("| BERT-Tiny (reference)"))
     assert "test, [Turc et al. 2019](reference/turc2019.yaml)" in row
     assert "81.1/71.1" in row and "64.2" in row
@@ -245,41 +256,106 @@ def test_reference_rows_are_labelled_as_published_test_numbers(results: Path) ->
 def test_every_relative_link_resolves_and_plots_are_written(results: Path, tmp_path: Path) -> None:
     readme = tmp_path / "README.md"
     readme.write_bytes(README_TEMPLATE.encode())
-    board = lb.load_board(results)
-    lb.write_leaderboard(board)
-    lb.write_readme(board, readme)
-    for document in (results / lb.LEADERBOARD_FILE, readme):
+    board = load.load_board(results)
+    outputs.write_leaderboard(board)
+    write_readme(board, readme)
+    indexes = sorted(results.glob("glue/*/INDEX.md"))
+    assert [p.parent.name for p in indexes] == ["bert-tiny", TINY_RUN]
+    for document in (results / load.LEADERBOARD_FILE, readme, *indexes):
         links = relative_links(document.read_text(encoding="utf-8"))
-        assert len(links) >= 10
+        assert len(links) >= (3 if document in indexes else 10)
         missing = [link for link in links if not (document.parent / link).is_file()]
         assert not missing, f"{document.name}: links to missing files {missing}"
     heat = results / "plots" / f"glue-{TINY_RUN}-cola.png"
     loss = results / "plots" / f"pretrain-{TINY_RUN}.png"
     for figure in (heat, loss):
         assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and figure.stat().st_size > 2000
-    assert f"(plots/{heat.name})" in (results / lb.LEADERBOARD_FILE).read_text()
+    assert f"(plots/{heat.name})" in (results / load.LEADERBOARD_FILE).read_text()
 
 
 def test_stale_figures_are_removed_and_unchanged_ones_not_rewritten(results: Path) -> None:
-    board = lb.load_board(results)
-    lb.write_plots(board)
+    board = load.load_board(results)
+    figures.write_plots(board)
     orphan = results / "plots" / "pretrain-gone.png"
     orphan.write_bytes(b"\x89PNG")
-    written, removed = lb.write_plots(board)
+    written, removed = figures.write_plots(board)
     assert (written, removed) == (0, 1) and not orphan.exists()
 
 
 def test_cfg_link_reproduces_the_run(results: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    pretrain = lb.section(lb.load_board(results), "pretrain", lb.Links(results), 3)
+    pretrain = render.section(load.load_board(results), "pretrain", Links(results), 3)
     row = next(line for line in pretrain.splitlines() if TINY_RUN in line)
     cfg = results / re.search(r"\[cfg\]\(([^)]+)\)", row).group(1)
     assert main(["pretrain", "--recipe", str(cfg), "--dry-run"]) == 0
     assert capsys.readouterr().out == cfg.read_text()
-    glue = lb.section(lb.load_board(results), "glue", lb.Links(results), 3)
-    mrpc_cfg = results / re.search(r"\[mrpc\]\(([^)]+)\)", glue).group(1)
+    glue_index.write_indexes(load.load_board(results))
+    glue = render.section(load.load_board(results), "glue", Links(results), 3)
+    tiny_row = next(line for line in glue.splitlines() if TINY_RUN in line)
+    index = results / re.search(r"\[cfg\]\(([^)]+)\)", tiny_row).group(1)
+    mrpc_line = index_line(index.read_text(), "MRPC")
+    mrpc_cfg = index.parent / re.search(r"\[recipe\.yaml\]\(([^)]+)\)", mrpc_line).group(1)
     record = json.loads((mrpc_cfg.parent / "run.json").read_text())
     assert record["hparams"]["batch_size"] == 32 and record["hparams"]["lr"] == 1e-4
     assert glue_recipe_hash(single_cell(load_glue_recipe(mrpc_cfg))) == record["recipe_hash"]
+
+
+def test_glue_table_links_one_config_index_per_model(results: Path) -> None:
+    board = load.load_board(results)
+    glue = render.section(board, "glue", Links(results), 3)
+    rows = [line for line in glue.splitlines() if line.startswith("| [")]
+    assert len(rows) == 2
+    for row, tag in zip(rows, [TINY_RUN, "bert-tiny"]):
+        assert row.count("](glue/") == 1 and f"[cfg](glue/{tag}/INDEX.md)" in row
+    assert "recipe.yaml" not in glue
+    index = glue_index.index_markdown(board, TINY_RUN)
+    assert_golden("index.md", index)
+    cola, mrpc = index_line(index, "CoLA"), index_line(index, "MRPC")
+    assert re.search(r"\| +16 \| +1e-4 \| +1 \| +15\.1 \| +42 \| +15\.1 \|", cola)  # the tie goes to bs 16
+    assert "[run.json](cola/bs16-lr1e-04-s42/run.json)" in cola
+    assert "[recipe.yaml](cola/bs16-lr1e-04-s42/recipe.yaml)" in cola
+    assert re.search(r"\| +32 \| +1e-4 \| +1 \| +81\.2/71\.1 \| +42 \| +81\.2/71\.1 \|", mrpc)
+    assert f"[{TINY_RUN}](../../pretrain/{TINY_RUN}/run.json)" in index
+    assert "RTE" not in index  # its only cell is a smoke run
+    failed = index_line(glue_index.index_markdown(board, "bert-tiny"), "RTE")
+    assert "failed" in failed and "](" not in failed  # every cell failed: no setting, no link
+    assert "| SST-2 (acc)" in glue_index.index_markdown(board, "bert-tiny")
+
+
+def test_config_indexes_are_checked_and_orphans_removed(results: Path) -> None:
+    board = load.load_board(results, with_plots=False)
+    index = board.index_path(TINY_RUN)
+    assert f"{index}: GLUE config index missing" in outputs.check(board, None)
+    outputs.write_leaderboard(board)
+    assert outputs.check(board, None) == []
+    assert glue_index.write_indexes(board) == (0, 0)  # unchanged files are not rewritten
+    index.write_text(index.read_text().replace("15.1", "15.0"))  # a hand edit
+    assert outputs.check(board, None) == [f"{index}: GLUE config index is stale"]
+    outputs.write_leaderboard(board)
+    glue_cell(results, TINY_RUN, "rte", 32, 1e-4, 42, {"accuracy": 0.6})  # a new task for the model
+    board = load.load_board(results, with_plots=False)
+    assert f"{index}: GLUE config index is stale" in outputs.check(board, None)
+    assert glue_index.write_indexes(board) == (1, 0)
+    assert "[recipe.yaml](rte/bs32-lr1e-04-s42/recipe.yaml)" in index_line(index.read_text(), "RTE")
+    outputs.write_leaderboard(board)
+    orphan = results / "glue" / "gone-model" / "INDEX.md"
+    orphan.parent.mkdir()
+    orphan.write_text("# GLUE configs: gone-model\n")
+    assert outputs.check(board, None) == [f"{orphan}: GLUE config index of no GLUE row"]
+    assert glue_index.write_indexes(board) == (0, 1) and not orphan.exists()
+
+
+def test_leaderboard_check_imports_neither_torch_nor_transformers(results: Path) -> None:
+    outputs.write_leaderboard(load.load_board(results))
+    script = ("import argparse, sys\n"
+              "from zoo.commands.leaderboard import run_command\n"
+              "args = argparse.Namespace(readme=None, check=True, include_smoke=False, no_plots=False)\n"
+              "code = run_command(args)\n"
+              "print('heavy:', sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers')))\n"
+              "sys.exit(code)\n")
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "ZOO_RESULTS_DIR": str(results)})
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "leaderboard up to date" in done.stdout and "heavy: []" in done.stdout, done.stdout
 
 
 # ---------------------------------------------------------------------------------------------- README
@@ -287,9 +363,9 @@ def test_cfg_link_reproduces_the_run(results: Path, capsys: pytest.CaptureFixtur
 
 def test_readme_replacement_is_idempotent_and_keeps_every_other_byte(results: Path, tmp_path: Path) -> None:
     readme = tmp_path / "README.md"
-    board = lb.load_board(results)
-    once = lb.update_readme_text(README_TEMPLATE, board, readme)
-    assert lb.update_readme_text(once, board, readme) == once
+    board = load.load_board(results)
+    once = update_readme_text(README_TEMPLATE, board, readme)
+    assert update_readme_text(once, board, readme) == once
     start, end = "<!-- zoo:leaderboard:pretrain:start -->", "<!-- zoo:leaderboard:glue:end -->"
     assert once.split(start)[0] == README_TEMPLATE.split(start)[0]  # CRLF and trailing spaces kept
     assert once.split(end)[1] == README_TEMPLATE.split(end)[1]
@@ -336,7 +412,7 @@ def test_bad_markers_are_one_line_errors(results: Path, tmp_path: Path, capsys: 
 
 
 def test_empty_results_say_so(isolated: Path) -> None:
-    markdown = lb.leaderboard_markdown(lb.load_board(Path(os.environ["ZOO_RESULTS_DIR"])))
+    markdown = render.leaderboard_markdown(load.load_board(Path(os.environ["ZOO_RESULTS_DIR"])))
     assert "_No pretraining runs recorded yet._" in markdown and "_No GLUE runs recorded yet._" in markdown
     assert "|" not in markdown  # no reference file: no table at all
 
@@ -353,10 +429,10 @@ def test_a_real_pretraining_record_reaches_the_leaderboard(text_corpus: Path, is
     root = Path(os.environ["ZOO_RESULTS_DIR"])
     (run_json,) = root.glob("pretrain/*/run.json")
     record = json.loads(run_json.read_text())
-    assert record["run_id"] not in lb.leaderboard_markdown(lb.load_board(root))  # a smoke run
-    board = lb.load_board(root, include_smoke=True)
-    lb.write_leaderboard(board)
-    markdown = (root / lb.LEADERBOARD_FILE).read_text()
+    assert record["run_id"] not in render.leaderboard_markdown(load.load_board(root))  # a smoke run
+    board = load.load_board(root, include_smoke=True)
+    outputs.write_leaderboard(board)
+    markdown = (root / load.LEADERBOARD_FILE).read_text()
     row = next(line for line in markdown.splitlines() if record["run_id"] in line)
     assert f" {record['metrics']['perplexity']:,.2f} |" in row and "| CLM " in row
     assert f"[cfg](pretrain/{record['run_id']}/recipe.yaml)" in row

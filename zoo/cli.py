@@ -8,12 +8,14 @@ parsed arguments and returning an exit status). Recipe keys can be overridden wi
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import os
 import sys
 from collections.abc import Sequence
 
 from zoo import __version__
+from zoo.commands.options import overrides_from_extras
 from zoo.errors import ZooError
 
 COMMAND_MODULES = [
@@ -25,31 +27,14 @@ COMMAND_MODULES = [
 ]
 
 
-def overrides_from_extras(extras: Sequence[str]) -> list[str]:
-    """`--train.lr 3e-4 --data.block_size=64` -> ['train.lr=3e-4', 'data.block_size=64']."""
-    result: list[str] = []
-    items = list(extras)
-    while items:
-        item = items.pop(0)
-        if not item.startswith("--") or "." not in item.split("=", 1)[0]:
-            raise ZooError(f"unrecognized argument {item!r} (recipe keys look like --train.lr 3e-4)")
-        key = item[2:]
-        if "=" in key:
-            result.append(key)
-        elif items and not items[0].startswith("--"):
-            result.append(f"{key}={items.pop(0)}")
-        else:
-            raise ZooError(f"{item}: missing value")
-    return result
-
-
-def add_recipe_options(parser: argparse.ArgumentParser) -> None:
-    """--recipe, --set and --data-dir, shared by every command that runs a recipe."""
-    parser.add_argument("--recipe", metavar="FILE", help="recipe YAML (e.g. a run's saved recipe.yaml)")
-    parser.add_argument("--set", dest="overrides", metavar="KEY=VALUE", nargs="+", action="extend", default=[],
-                        help="override recipe keys, e.g. --set train.lr=3e-4 data.block_size=64 "
-                             "(equivalently --train.lr 3e-4)")
-    parser.add_argument("--data-dir", metavar="DIR", help="local data mirror (default: $ZOO_DATA_DIR)")
+def parse_command_line(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """The parsed command line, `--train.lr 3e-4` style recipe keys folded into `overrides`."""
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        if not hasattr(args, "overrides"):
+            parser.error(f"unrecognized arguments: {' '.join(extras)}")
+        args.overrides = list(args.overrides) + overrides_from_extras(extras)
+    return args
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,17 +46,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)
+    # a multi-process launch re-parses the ranks' command line with this same parser (zoo.train.launch)
+    parser.set_defaults(parse_command_line=functools.partial(parse_command_line, parser))
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args, extras = parser.parse_known_args(argv)
     try:
-        if extras:
-            if not hasattr(args, "overrides"):
-                parser.error(f"unrecognized arguments: {' '.join(extras)}")
-            args.overrides = list(args.overrides) + overrides_from_extras(extras)
+        args = parse_command_line(parser, argv)
         if getattr(args, "data_dir", None):
             os.environ["ZOO_DATA_DIR"] = args.data_dir
         return int(args.func(args) or 0)

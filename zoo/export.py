@@ -21,6 +21,7 @@ from zoo import __version__, paths
 from zoo.errors import ZooError
 from zoo.model.inference import LoadedModel, load_model, max_positions
 from zoo.model.registry import find_model_spec
+from zoo.record.schema import LMRecord
 from zoo.record.store import RECIPE_FILE, find_run
 
 PIPELINE_TAGS = {"mlm": "fill-mask", "clm": "text-generation"}
@@ -30,17 +31,19 @@ OFFSET_POSITIONS = ("roberta", "xlm-roberta", "camembert")  # positions start af
 # --------------------------------------------------------------------------- the run behind a model
 
 
-def run_record(name: str, source: str) -> tuple[Path, dict[str, Any]] | None:
-    """(record directory, record) of the zoo run `name` names or whose checkpoint `source` is."""
+def run_record(name: str, source: str) -> tuple[Path, LMRecord] | None:
+    """(record directory, record) of the zoo run `name` names or whose checkpoint `source` is.
+
+    Only pretraining and continued-training runs leave a model to export; a GLUE cell saves none."""
     found = find_run(name)
     checkpoint = Path(source)
     if found is None and checkpoint.name == "final" and checkpoint.parent.parent == paths.checkpoints_dir():
         found = find_run(checkpoint.parent.name)
-    if found is None:
+    if found is None or not isinstance(found[1], LMRecord):
         return None
     path, record = found
-    if record.get("status") != "ok":
-        raise ZooError(f"run {record.get('run_id', name)} did not finish ({record.get('reason')}); nothing to export")
+    if not record.ok:
+        raise ZooError(f"run {record.run_id or name} did not finish ({record.reason}); nothing to export")
     return path.parent, record
 
 
@@ -59,17 +62,17 @@ def _number(value: Any) -> str:
     return str(value)
 
 
-def card_metadata(loaded: LoadedModel, record: dict[str, Any] | None) -> dict[str, Any]:
+def card_metadata(loaded: LoadedModel, record: LMRecord | None) -> dict[str, Any]:
     """The YAML front matter the hub reads: library, task, tags, datasets, base model."""
     from zoo.data.corpora import CORPORA
 
     meta: dict[str, Any] = {"library_name": "transformers", "pipeline_tag": PIPELINE_TAGS[loaded.objective],
                             "tags": ["zoo", loaded.objective, loaded.model.config.model_type]}
-    corpus = CORPORA.get((record or {}).get("corpus", ""))
+    corpus = CORPORA.get(record.corpus if record else "")
     if corpus is not None and corpus.hub_id:
         meta["datasets"] = [corpus.hub_id]
-    spec = find_model_spec((record or {}).get("model", ""))
-    if record and record.get("kind") == "finetune" and spec is not None and spec.hub_id:
+    spec = find_model_spec(record.model if record else "")
+    if record and record.kind == "finetune" and spec is not None and spec.hub_id:
         meta["base_model"] = spec.hub_id
     return meta
 
@@ -78,32 +81,27 @@ def recipe_value(recipe: dict[str, Any] | None, section: str, key: str) -> Any:
     return ((recipe or {}).get(section) or {}).get(key)
 
 
-def results_section(record: dict[str, Any], recipe: dict[str, Any] | None) -> list[str]:
-    metrics = record.get("metrics") or {}
-    before = record.get("before")
-    lines = ["## Results", ""]
-    if "perplexity" in metrics:
-        split = recipe_value(recipe, "data", "eval_split") or "validation"
-        lines += [f"Evaluated on the {split} split of {record.get('corpus')} "
-                  f"({metrics.get('eval_tokens')} predicted tokens; perplexity = exp(total NLL / tokens)).", ""]
-        header = "| metric | before fine-tuning | after |" if before else "| metric | value |"
-        lines += [header, "|---|---:|---:|" if before else "|---|---:|"]
-        for key, label in (("eval_loss", "eval loss"), ("perplexity", "perplexity")):
-            row = [label] + ([_number(before.get(key))] if before else []) + [_number(metrics[key])]
-            lines.append("| " + " | ".join(row) + " |")
-    else:
-        lines += ["| metric | value |", "|---|---:|"] + [f"| {k} | {_number(v)} |" for k, v in metrics.items()]
+def results_section(record: LMRecord, recipe: dict[str, Any] | None) -> list[str]:
+    metrics, before = record.metrics, record.before
+    split = recipe_value(recipe, "data", "eval_split") or "validation"
+    lines = ["## Results", "", f"Evaluated on the {split} split of {record.corpus} "
+             f"({metrics.eval_tokens} predicted tokens; perplexity = exp(total NLL / tokens)).", ""]
+    header = "| metric | before fine-tuning | after |" if before else "| metric | value |"
+    lines += [header, "|---|---:|---:|" if before else "|---|---:|"]
+    for key, label in (("eval_loss", "eval loss"), ("perplexity", "perplexity")):
+        row = [label] + ([_number(getattr(before, key))] if before else []) + [_number(getattr(metrics, key))]
+        lines.append("| " + " | ".join(row) + " |")
     return lines + [""]
 
 
-def data_section(record: dict[str, Any], recipe: dict[str, Any] | None) -> list[str]:
+def data_section(record: LMRecord, recipe: dict[str, Any] | None) -> list[str]:
     from zoo.data.corpora import CORPORA
 
-    corpus = CORPORA.get(record.get("corpus", ""))
-    data = record.get("data") or {}
+    corpus = CORPORA.get(record.corpus)
+    data = record.data
     described = f"{corpus.description} (hub dataset `{corpus.hub_id}`)" if corpus and corpus.hub_id else \
-        (corpus.description if corpus else str(record.get("corpus")))
-    lines = ["## Training data", "", f"- corpus: `{record.get('corpus')}`: {described}"]
+        (corpus.description if corpus else record.corpus)
+    lines = ["## Training data", "", f"- corpus: `{record.corpus}`: {described}"]
     for key, label in (("train_tokens", "training tokens"), ("train_blocks", "training blocks"),
                        ("block_size", "block size"), ("eval_tokens", "evaluation tokens")):
         if key in data:
@@ -114,17 +112,16 @@ def data_section(record: dict[str, Any], recipe: dict[str, Any] | None) -> list[
     return lines + [""]
 
 
-def training_section(record: dict[str, Any], recipe: dict[str, Any] | None) -> list[str]:
+def training_section(record: LMRecord, recipe: dict[str, Any] | None) -> list[str]:
     lines = ["## Training", ""]
     for key, label in (("objective", "objective"), ("steps", "optimizer steps"), ("tokens_seen", "tokens seen"),
                        ("params", "parameters"), ("train_time_s", "training time (s)")):
-        if record.get(key) is not None:
-            lines.append(f"- {label}: {record[key]}")
-    hardware = ((record.get("environment") or {}).get("hardware") or {}).get("device")
-    if hardware:
-        lines.append(f"- hardware: {hardware}")
+        if getattr(record, key) is not None:
+            lines.append(f"- {label}: {getattr(record, key)}")
+    if record.device:
+        lines.append(f"- hardware: {record.device}")
     if recipe is not None:
-        kind = record.get("kind", "pretrain")
+        kind = record.kind or "pretrain"
         lines += ["", f"The resolved recipe (`{RECIPE_FILE}` in this directory; reproduce with "
                       f"`zoo {kind} --recipe {RECIPE_FILE}`):", "", "```yaml",
                   yaml.safe_dump(recipe, sort_keys=False).rstrip(), "```"]
@@ -149,22 +146,21 @@ def usage_section(loaded: LoadedModel, repo: str) -> list[str]:
     ]
 
 
-def environment_section(record: dict[str, Any]) -> list[str]:
-    env = record.get("environment") or {}
+def environment_section(record: LMRecord) -> list[str]:
+    env = record.environment
     versions = ", ".join(f"{k} {v}" for k, v in (env.get("versions") or {}).items())
     git = env.get("git") or {}
-    lines = ["## Provenance", "", f"- zoo run `{record.get('run_id')}` ({record.get('kind')}), "
-             f"finished {record.get('finished_at')}"]
+    lines = ["## Provenance", "", f"- zoo run `{record.run_id}` ({record.kind}), finished {record.finished_at}"]
     if git.get("commit"):
         lines.append(f"- zoo commit {git['commit']}" + (" (with local changes)" if git.get("dirty") else ""))
     if versions:
         lines.append(f"- versions: {versions}")
-    if record.get("smoke"):
+    if record.smoke:
         lines.append("- a smoke/debug run: not a benchmark result")
     return lines + [""]
 
 
-def model_card(loaded: LoadedModel, record: dict[str, Any] | None, recipe: dict[str, Any] | None,
+def model_card(loaded: LoadedModel, record: LMRecord | None, recipe: dict[str, Any] | None,
                repo: str) -> str:
     """README.md: hub metadata, then results, data, recipe, intended use, usage and provenance."""
     front = "---\n" + yaml.safe_dump(card_metadata(loaded, record), sort_keys=False) + "---\n\n"
@@ -174,11 +170,11 @@ def model_card(loaded: LoadedModel, record: dict[str, Any] | None, recipe: dict[
                 f"A {loaded.model.config.model_type} {kind} language model exported by zoo {__version__} "
                 f"from `{loaded.name}`. No zoo run record belongs to it, so no metrics are reported.", ""]
         return front + "\n".join(body + usage_section(loaded, repo))
-    finetuned = record.get("kind") == "finetune"
+    finetuned = record.kind == "finetune"
     action = "fine-tuned (continued training) from" if finetuned else "pretrained from scratch as"
-    body = [f"# {record.get('run_id')}", "",
-            f"A {loaded.model.config.model_type} {kind} language model {action} `{record.get('model')}` "
-            f"on `{record.get('corpus')}` with zoo {__version__}.", ""]
+    body = [f"# {record.run_id}", "",
+            f"A {loaded.model.config.model_type} {kind} language model {action} `{record.model}` "
+            f"on `{record.corpus}` with zoo {__version__}.", ""]
     body += results_section(record, recipe) + data_section(record, recipe) + training_section(record, recipe)
     body += usage_section(loaded, repo) + environment_section(record)
     return front + "\n".join(body)

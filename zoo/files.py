@@ -21,3 +21,17 @@ def atomic_write(path: Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def check_writable(directory: Path, what: str) -> None:
+    """Make `directory` (and its parents) and prove a file can be created in it, before any work is done;
+    a one-line ZooError naming the location otherwise."""
+    from zoo.errors import ZooError
+
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=directory, prefix=".zoo-write-check.")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise ZooError(f"{directory}: cannot write {what} there ({exc.strerror or exc})") from None

@@ -26,6 +26,14 @@ def checkpoints_dir() -> Path:
     return Path(os.environ.get("ZOO_CHECKPOINT_DIR", "checkpoints")).resolve()
 
 
+FINAL_CHECKPOINT = "final"
+
+
+def run_checkpoint(run_id: str) -> Path:
+    """The finished model of zoo run `run_id`: checkpoints/<run-id>/final (a `from_pretrained` directory)."""
+    return checkpoints_dir() / run_id / FINAL_CHECKPOINT
+
+
 def cache_dir() -> Path:
     """Tokenized and packed data, keyed by fingerprint (`ZOO_CACHE_DIR`, default ~/.cache/zoo)."""
     return Path(os.environ.get("ZOO_CACHE_DIR", "~/.cache/zoo")).expanduser().resolve()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
 from pathlib import Path
 
 from tabulate import tabulate
@@ -12,31 +11,7 @@ from zoo import paths
 from zoo.data.corpora import CORPORA
 from zoo.errors import ZooError
 from zoo.model.registry import MODELS
-
-# recipes/<kind>/*.yaml -> the function that loads and checks one file of that kind
-VALIDATORS: dict[str, Callable[[Path], None]] = {}
-
-
-def validator(kind: str) -> Callable[[Callable[[Path], None]], Callable[[Path], None]]:
-    def register_validator(func: Callable[[Path], None]) -> Callable[[Path], None]:
-        VALIDATORS[kind] = func
-        return func
-
-    return register_validator
-
-
-@validator("pretrain")
-@validator("finetune")
-def validate_lm_recipe(path: Path) -> None:
-    from zoo.recipe.common import read_yaml
-    from zoo.recipe.lm import load_recipe, resolve
-
-    raw = read_yaml(path)
-    kind = path.parent.name
-    raw.setdefault("kind", kind)
-    recipe = resolve(load_recipe(raw, str(path)))
-    if recipe.kind != kind:
-        raise ZooError(f"{path}: kind {recipe.kind!r} does not match its folder {kind!r}")
+from zoo.recipe.kinds import validate_file
 
 
 def local_status(name: str) -> str:
@@ -65,12 +40,8 @@ def validate(args: argparse.Namespace) -> int:
     files = [Path(f) for f in args.files] or sorted(paths.recipes_dir().glob("*/*.yaml"))
     failures = 0
     for path in files:
-        kind = path.parent.name
-        check = VALIDATORS.get(kind)
         try:
-            if check is None:
-                raise ZooError(f"{path}: unknown recipe kind {kind!r}; folders: {', '.join(sorted(VALIDATORS))}")
-            check(path)
+            validate_file(path)
             print(f"ok      {path}")
         except ZooError as exc:
             failures += 1

@@ -10,8 +10,7 @@ from typing import Any
 from tabulate import tabulate
 
 from zoo import paths
-from zoo.cli import add_recipe_options
-from zoo.commands.catalog import validator
+from zoo.commands.options import add_recipe_options
 from zoo.errors import ZooError
 from zoo.train.launch import add_launch_options, launch_requested, maybe_relaunch
 from zoo.train.ranks import (
@@ -19,8 +18,7 @@ from zoo.train.ranks import (
     is_main_rank,
     join_launch,
     leave_launch,
-    shared_from_main,
-    stop_on_sigterm,
+    world_size,
 )
 
 EXAMPLES = """examples:
@@ -30,13 +28,6 @@ EXAMPLES = """examples:
   zoo glue <run-id> --grid --tasks mnli,qqp --gpus 8                       # each cell data-parallel on 8 GPUs
   zoo glue --recipe results/glue/<tag>/rte/<cell>/recipe.yaml             # reproduce a cell
 """
-
-
-@validator("glue")
-def validate_glue_recipe(path: Path) -> None:
-    from zoo.recipe.glue import load_glue_recipe
-
-    load_glue_recipe(path)
 
 
 def recipe_keys_help() -> str:
@@ -94,16 +85,17 @@ def register(sub: argparse._SubParsersAction) -> None:
 def recipe_from_args(args: argparse.Namespace) -> Any:
     """The GLUE recipe the command line asks for, with the model in its canonical spelling."""
     from zoo.glue.tasks import get_task, parse_task_list
-    from zoo.recipe.glue import canonical_model, load_glue_recipe
+    from zoo.model.resolve import canonical_name
+    from zoo.recipe.glue import load_glue_recipe
 
     path = Path(args.recipe) if args.recipe else None
     recipe = load_glue_recipe(path, args.overrides)
     if args.model:
         named = recipe.model.name
-        if path is not None and named and canonical_model(named) != canonical_model(args.model):
+        if path is not None and named and canonical_name(named) != canonical_name(args.model):
             raise ZooError(f"{path}: recipe fine-tunes {named!r}, not {args.model!r}")
         recipe.model.name = args.model
-    recipe.model.name = canonical_model(recipe.model.name)
+    recipe.model.name = canonical_name(recipe.model.name)
     if args.task:
         recipe.task.name = get_task(args.task).key
     if args.tasks:
@@ -165,69 +157,16 @@ def print_summary(summary: dict[str, Any], tasks: list[str]) -> None:
 # --------------------------------------------------------------------------- running
 
 
-def run_mode(args: argparse.Namespace) -> str:
-    if is_distributed_launch():
-        from zoo.train.ranks import world_size
-
-        return f"each cell on {world_size()} processes"
-    return f"{args.workers} worker(s)"
-
-
-def run_cells(cells: list[Any], args: argparse.Namespace) -> Any:
-    from zoo.glue.grid import is_done, run_grid
-
-    todo = len(cells) if args.force else sum(not is_done(cell) for cell in cells)
-    count = {"n": 0}
-
-    def show(outcome: Any) -> None:
-        count["n"] += 1
-        if is_main_rank():
-            print(outcome_line(count["n"], todo, outcome), flush=True)
-
-    return run_grid(cells, workers=args.workers, predict_test=args.predict_test, force=args.force, on_outcome=show)
-
-
-def write_submission(cells: list[Any], summary: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
-    """Make sure each task's best cell has test predictions (re-running it if not) and bundle them."""
-    from zoo.glue import data
-    from zoo.glue.grid import best_cells, run_claimed, summarize, write_summary
-    from zoo.glue.predict import assemble_submission
-
-    main, launched = is_main_rank(), is_distributed_launch()
-    files: dict[str, Path] = {}
-    for key, cell in best_cells(cells, summary).items():
-        needed = [s for s in cell.task.splits_for("test") if data.split_available(s)]
-        missing = any(not (cell.predictions_dir / s.submission).is_file() for s in needed)
-        if launched:
-            missing = shared_from_main(missing)
-        if missing:  # in a launch, a collective re-run; rank 0 writes
-            if main:
-                print(f"{key}: the best cell {cell.run_id} has no test predictions; running it again to make them")
-            run_claimed(cell, predict_test=True, force=True)
-            if main:
-                summary = write_summary(cells, cells[0].model) if args.grid else summarize(cells, cells[0].model)
-        files.update({s.submission: cell.predictions_dir / s.submission for s in needed
-                      if (cell.predictions_dir / s.submission).is_file()})
-    if not main:
-        return summary
-    cell = cells[0]
-    default = paths.checkpoints_dir() / "glue" / cell.tag / ("submission-smoke" if cell.recipe.smoke else "submission")
-    out_dir = Path(args.predict_dir) if args.predict_dir else default
-    archive = assemble_submission(files, out_dir)
-    print(f"\nsubmission: {', '.join(sorted(files))} in {out_dir} (zipped: {archive})")
-    return summary
-
-
 def print_cell(cell: Any) -> None:
     """A single run: its dev metrics after every epoch and where its record is."""
-    from zoo.glue.grid import read_cell_record
+    from zoo.glue.cell import read_cell_record
 
-    record = read_cell_record(cell) or {}
-    for epoch in record.get("epochs", []):
+    record = read_cell_record(cell)
+    for epoch in record.epochs if record else []:
         metrics = ", ".join(f"{name} {value:.4f}" for name, value in epoch["dev"].items())
         loss = epoch.get("train_loss")
         print(f"epoch {epoch['epoch']:g}: dev {metrics}" + (f", train loss {loss:.4f}" if loss is not None else ""))
-    print(f"{record.get('status', 'missing')}, dev score {record.get('metrics', {}).get('score')}: "
+    print(f"{record.status if record else 'missing'}, dev score {record.metrics.score if record else None}: "
           f"{cell.directory / 'run.json'}")
 
 
@@ -248,58 +187,84 @@ def check_launch(args: argparse.Namespace, cells: list[Any]) -> None:
                        "(GLUE batch sizes are global); choose another process count or grid")
 
 
+def request_from_args(args: argparse.Namespace) -> Any:
+    from zoo.glue.runner import GlueRequest
+
+    recipe = recipe_from_args(args)
+    return GlueRequest(recipe=recipe, model=args.model or recipe.model.name, grid=args.grid, workers=args.workers,
+                       predict_test=args.predict_test, predict_dir=Path(args.predict_dir) if args.predict_dir else None,
+                       force=args.force)
+
+
 def run_command(args: argparse.Namespace) -> int:
     if args.list_tasks:
         return list_tasks()
-    from zoo.glue.grid import available_tasks, elapsed, plan, summarize, write_summary
-    from zoo.model.registry import pretrained_source
-    from zoo.recipe.glue import glue_recipe_yaml, single_cell
+    from zoo.glue.runner import cells_to_run, plan_cells
+    from zoo.model.resolve import resolve_model
 
-    recipe = recipe_from_args(args)
-    model = args.model or recipe.model.name
-    if args.grid:
-        tasks = recipe.grid.tasks or available_tasks()
-        if not tasks:
-            raise ZooError("no GLUE task has its data here: put glue_data/ under $ZOO_DATA_DIR or allow the hub")
-        cells = plan(recipe, model, tasks)
-    else:
-        cells = plan(single_cell(recipe), model, [recipe.task.name])
-        tasks = [cells[0].task.key]
+    request = request_from_args(args)
+    cells = plan_cells(request)
     if args.dry_run:
+        from zoo.recipe.glue import glue_recipe_yaml
+
         if len(cells) == 1:
             print(glue_recipe_yaml(cells[0].recipe), end="")
         for cell in cells:
             print(f"{cell.directory}")
         return 0
-    pretrained_source(recipe.model.name)  # a missing model is a user error (exit 2), not N failed cells
+    _ = resolve_model(request.recipe.model.name).source  # a missing model is a user error (exit 2), not N failed cells
     check_launch(args, cells)
     launched = maybe_relaunch(args)  # checked cells, now run them in every rank of the launch
     if launched is not None:
         return launched
+    return run_planned(request, cells, cells_to_run(cells, request.force))
+
+
+def run_planned(request: Any, cells: list[Any], todo: int) -> int:
+    """Run the planned cells here (or in this rank), printing progress, the summary and the submission."""
+    from zoo.glue.grid import elapsed
+    from zoo.glue.progress import GridProgress, show_cell_bars
+    from zoo.glue.runner import run_glue
+    from zoo.train.lifecycle import stop_on_sigterm
+
     if is_distributed_launch():
         stop_on_sigterm()
         join_launch()
     main = is_main_rank()
+    tasks = list(dict.fromkeys(cell.task.key for cell in cells))
     t0 = time.monotonic()
     if main:
-        print(f"zoo glue {model}: {len(cells)} cell(s) over {', '.join(tasks)}, {run_mode(args)}; "
+        print(f"zoo glue {request.model}: {len(cells)} cell(s) over {', '.join(tasks)}, {run_mode_of(request)}; "
               f"records in {paths.results_dir() / 'glue' / cells[0].tag}", flush=True)
-    report = run_cells(cells, args)
+    single = request.workers == 1 and not is_distributed_launch()
+    show_cell_bars(main and single)
+    progress = GridProgress(todo, bar=main and not single)
+
+    def show(outcome: Any) -> None:
+        if main:
+            progress.cell_finished(outcome_line(progress.done + 1, todo, outcome), outcome.status)
+
+    try:
+        result = run_glue(request, cells, on_outcome=show)
+    finally:
+        progress.close()
+    report = result.report
     if main:
         print(f"\nran {len(report.outcomes) - report.count('done') - report.count('busy')} cell(s) "
               f"({report.count('ok')} ok, {report.count('failed')} failed), skipped {report.skipped_done} "
               f"finished, in {elapsed(t0)}")
-        if args.grid:  # the per-model summary is the grid's; a single run leaves it alone
-            summary = write_summary(cells, model)
-            print_summary(summary, tasks)
+        if request.grid:
+            print_summary(result.summary, tasks)
         else:
-            summary = summarize(cells, model)
             print_cell(cells[0])
-    if is_distributed_launch():
-        summary = shared_from_main(summary if main else None)
-    if report.interrupted:
-        raise KeyboardInterrupt
-    if args.predict_test:
-        write_submission(cells, summary, args)
+        if result.submission is not None:
+            where = result.submission.parent
+            print(f"\nsubmission: {', '.join(result.files)} in {where} (zipped: {result.submission})")
     leave_launch()
     return 1 if report.count("failed") else 0
+
+
+def run_mode_of(request: Any) -> str:
+    if is_distributed_launch():
+        return f"each cell on {world_size()} processes"
+    return f"{request.workers} worker(s)"

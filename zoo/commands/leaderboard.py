@@ -6,12 +6,14 @@ import argparse
 from pathlib import Path
 
 from zoo.errors import ZooError
+from zoo.recipe.common import SMOKE_MAX_STEPS
 
 DESCRIPTION = """\
 Turn every finished run record under results/ (ZOO_RESULTS_DIR) into markdown tables: pretraining and
 continued-training tables per corpus, the GLUE table (best dev setting per task, GLUE average, published
 reference rows) and the batch size x learning rate grids, plus PNG loss curves and heatmaps under
-results/plots/. Writes results/LEADERBOARD.md; with --readme FILE also replaces the tables between
+results/plots/. Writes results/LEADERBOARD.md and, per fine-tuned model, the GLUE config index
+results/glue/<model-tag>/INDEX.md its `cfg` link points to; with --readme FILE also replaces the tables between
 <!-- zoo:leaderboard:NAME:start --> and <!-- zoo:leaderboard:NAME:end --> in FILE (NAME: pretrain,
 finetune, glue, grids), leaving every other byte of FILE as it is."""
 
@@ -23,30 +25,30 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--check", action="store_true",
                         help="write nothing; exit 1 and name each stale table when the files lag the records")
     parser.add_argument("--include-smoke", action="store_true",
-                        help="also list smoke runs (smoke: true, or train.max_steps below 100)")
+                        help=f"also list smoke runs (smoke: true, or train.max_steps below {SMOKE_MAX_STEPS})")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG figures and the links to them "
                                                                 "(give --check the same flags as the write)")
     parser.set_defaults(func=run_command)
 
 
 def run_command(args: argparse.Namespace) -> int:
-    from zoo import leaderboard, paths
+    from zoo import paths
+    from zoo.leaderboard import load, outputs, readme
 
-    readme = Path(args.readme) if args.readme else None
-    if readme is not None and not readme.is_file():
-        raise ZooError(f"--readme {readme}: no such file")
-    board = leaderboard.load_board(paths.results_dir(), include_smoke=args.include_smoke,
-                                   with_plots=not args.no_plots)
+    readme_file = Path(args.readme) if args.readme else None
+    if readme_file is not None and not readme_file.is_file():
+        raise ZooError(f"--readme {readme_file}: no such file")
+    board = load.load_board(paths.results_dir(), include_smoke=args.include_smoke, with_plots=not args.no_plots)
     if args.check:
-        problems = leaderboard.check(board, readme)
+        problems = outputs.check(board, readme_file)
         for problem in problems:
             print(f"stale: {problem}")
-        hint = f"zoo leaderboard{f' --readme {readme}' if readme else ''}"
+        hint = f"zoo leaderboard{f' --readme {readme_file}' if readme_file else ''}"
         print(f"run `{hint}` to regenerate" if problems else "leaderboard up to date")
         return 1 if problems else 0
-    changed = leaderboard.write_leaderboard(board)
-    target = board.root / leaderboard.LEADERBOARD_FILE
+    changed = outputs.write_leaderboard(board)
+    target = board.root / load.LEADERBOARD_FILE
     print(f"{target}: {'updated' if changed else 'unchanged'} ({len(board.lm)} LM runs, {len(board.cells)} GLUE cells)")
-    if readme is not None:
-        print(f"{readme}: {'updated' if leaderboard.write_readme(board, readme) else 'unchanged'}")
+    if readme_file is not None:
+        print(f"{readme_file}: {'updated' if readme.write_readme(board, readme_file) else 'unchanged'}")
     return 0

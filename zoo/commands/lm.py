@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from zoo.cli import add_recipe_options
+from zoo.commands.options import add_recipe_options
 from zoo.errors import ZooError
 from zoo.paths import checkpoints_dir
 from zoo.recipe.common import read_yaml
@@ -47,20 +47,19 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def eval_command(args: argparse.Namespace) -> int:
-    from zoo.model.registry import pretrained_source
+    from zoo.record.schema import LMRecord
     from zoo.record.store import find_run
     from zoo.train.lm import evaluate_checkpoint
 
     found = find_run(args.run)
-    if found is None:
-        raise ZooError(f"no run {args.run!r} under results/")
+    if found is None or not isinstance(found[1], LMRecord):
+        raise ZooError(f"no pretraining or continued-training run {args.run!r} under results/")
     record_path, record = found
-    saved = record_path.parent / RECIPE_FILE
+    saved = record_path.parent / record.recipe
     recipe = resolve(load_recipe(read_yaml(saved), str(saved)))
-    result = evaluate_checkpoint(recipe, pretrained_source(args.run))
-    recorded = record.get("metrics", {}).get("perplexity")
+    result = evaluate_checkpoint(recipe, args.run)
     print(f"run {args.run}: perplexity {result['perplexity']:.6f}, eval loss {result['loss']:.6f} "
-          f"over {result['tokens']} tokens (recorded: {recorded})")
+          f"over {result['tokens']} tokens (recorded: {record.metrics.perplexity})")
     return 0
 
 
@@ -99,6 +98,9 @@ def run_command(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(recipe_yaml(recipe), end="")
         return 0
+    if run_id is not None and finished_ok(recipe.kind, run_id):
+        print(f"run {run_id} is complete (results/{recipe.kind}/{run_id}/run.json); nothing to resume")
+        return 0
     launched = maybe_relaunch(args)  # checked recipe, now run it in every rank of the launch
     if launched is not None:
         return launched
@@ -108,14 +110,27 @@ def run_command(args: argparse.Namespace) -> int:
         run_id = find_resumable(recipe)
         if run_id is None:
             raise ZooError("--resume: no earlier run of this recipe has a checkpoint; run without --resume")
+        if finished_ok(recipe.kind, run_id):
+            print(f"run {run_id} is complete (results/{recipe.kind}/{run_id}/run.json); nothing to resume")
+            return 0
     record = run_lm(recipe, run_id=run_id, resume=bool(args.resume))
     leave_launch()
-    if record.get("status") == "ok" and is_main_rank():
-        m = record["metrics"]
-        before = record.get("before")
-        change = f" (before fine-tuning {before['perplexity']:.2f})" if before else ""
-        print(f"run {record['run_id']}: perplexity {m['perplexity']:.2f}{change}, eval loss {m['eval_loss']:.4f} "
-              f"over {m['eval_tokens']} tokens; {record['steps']} steps, {record['tokens_seen']} tokens, "
-              f"{record['tokens_per_s']:.0f} tokens/s")
-        print(f"record: results/{record['kind']}/{record['run_id']}/run.json")
+    if record.ok and is_main_rank():
+        m, before = record.metrics, record.before
+        change = f" (before fine-tuning {before.perplexity:.2f})" if before and before.perplexity else ""
+        print(f"run {record.run_id}: perplexity {m.perplexity:.2f}{change}, eval loss {m.eval_loss:.4f} "
+              f"over {m.eval_tokens} tokens; {record.steps} steps, {record.tokens_seen} tokens, "
+              f"{record.tokens_per_s or 0:.0f} tokens/s")
+        print(f"record: results/{record.kind}/{record.run_id}/run.json")
     return 0
+
+
+def finished_ok(kind: str, run_id: str) -> bool:
+    """True when run `run_id` already has an ok record: a resume leaves it as it is."""
+    from zoo.record.store import read_record, run_dir
+
+    path = run_dir(kind, run_id) / "run.json"
+    try:
+        return path.is_file() and read_record(path).ok
+    except ZooError:
+        return False

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from zoo import paths
+from zoo.data.cache import file_identity
 from zoo.errors import DataNotFoundError, ZooError
 
 Finder = Callable[[Path], dict[str, list[Path]]]
@@ -293,10 +294,9 @@ class Source:
     held_out: bool = False  # True: the split is carved out of train by document hash
 
     def identity(self) -> list[object]:
-        """What the cache fingerprint depends on: file paths, sizes, mtimes or the hub id."""
+        """What the cache fingerprint depends on: `cache.file_identity` of the files, or the hub id."""
         if self.files:
-            return [[str(p), p.stat().st_size, int(p.stat().st_mtime)] if p.is_file() else [str(p)]
-                    for p in self.files]
+            return list(file_identity(self.files))
         return [self.description, list(self.hub_splits)]
 
 

@@ -3,16 +3,16 @@
 A split is tokenized in batches of documents and appended to one flat token file (`uint16` when the
 vocabulary fits, else `uint32`), each document followed by the separator token (BERT: [SEP], GPT-2:
 <|endoftext|>). Blocks are views into that memory-mapped file, so RAM stays flat however large the
-corpus. The cache directory is named by a fingerprint of everything that changes the tokens.
+corpus. The cache directory `<cache>/packed/<fingerprint>/` is named by a fingerprint of everything
+that changes the tokens and is built once, by one process, through `zoo.data.cache.build_once` (a lock
+the kernel releases if the builder dies, a temporary directory renamed into place, a manifest of sizes
+and checksums verified on every open).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from itertools import chain, islice
@@ -24,6 +24,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from zoo import paths
+from zoo.data.cache import build_once
 from zoo.data.corpora import Source, iter_documents, resolve_source
 from zoo.data.tokenization import tokenizer_fingerprint
 from zoo.errors import DataNotFoundError
@@ -207,54 +208,23 @@ def prepare_splits(
 ) -> tuple[dict[str, PackedSplit], str]:
     """Packed token streams for the train and eval splits, built once and cached by fingerprint.
 
-    Several processes may call this at once (multi-process launch): the first to claim the cache entry
-    builds it in a temporary directory and renames it into place; the others wait for the rename.
+    Several processes may call this at once (multi-process launch): `zoo.data.cache.build_once` lets
+    one build the entry (locked, in a temporary directory renamed into place) while the others wait.
     """
     splits = {data.train_split: False, data.eval_split: False}
     sources = {s: resolve_source(data.corpus, s, data.paths) for s in splits}
     exclude = sources[data.eval_split].held_out
     fingerprint = data_fingerprint(data, tokenizer, sources)
-    final = paths.cache_dir() / "packed" / fingerprint
-    if not (final / "meta.json").is_file():
-        _build_cache(data, tokenizer, sources, exclude, final)
-    meta = json.loads((final / "meta.json").read_text())
-    packed = {s: PackedSplit(final / f"{s}.bin", m["tokens"], m["batches"], m["dtype"]) for s, m in meta.items()}
-    return packed, fingerprint
 
-
-def _build_cache(
-    data: DataSection, tokenizer: PreTrainedTokenizerBase, sources: dict[str, Source], exclude: bool, final: Path
-) -> None:
-    lock = final.with_suffix(".lock")
-    final.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-    except FileExistsError:
-        _wait_for(final / "meta.json", lock)
-        return
-    try:
-        os.write(fd, str(os.getpid()).encode())
-        tmp = final.with_name(final.name + f".tmp{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
+    def build(tmp: Path) -> None:
         meta = {}
         for split, source in sources.items():
             packed = _build_split(data, split, source, exclude and split == data.train_split, tokenizer,
                                   tmp / f"{split}.bin")
             meta[split] = {"tokens": packed.tokens, "batches": packed.documents_batches, "dtype": packed.dtype}
         (tmp / "meta.json").write_text(json.dumps(meta))
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-    finally:
-        os.close(fd)
-        lock.unlink(missing_ok=True)
 
-
-def _wait_for(marker: Path, lock: Path, timeout: float = 24 * 3600) -> None:
-    start = time.monotonic()
-    while not marker.is_file():
-        if not lock.exists() and not marker.is_file():
-            raise DataNotFoundError(f"another process failed to build the data cache {marker.parent}")
-        if time.monotonic() - start > timeout:
-            raise DataNotFoundError(f"timed out waiting for the data cache {marker.parent}")
-        time.sleep(1.0)
+    final = build_once(paths.cache_dir() / "packed" / fingerprint, build, f"the packed {data.corpus} tokens")
+    meta = json.loads((final / "meta.json").read_text())
+    packed = {s: PackedSplit(final / f"{s}.bin", m["tokens"], m["batches"], m["dtype"]) for s, m in meta.items()}
+    return packed, fingerprint

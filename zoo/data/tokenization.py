@@ -71,7 +71,7 @@ def _finish(tokenizer: PreTrainedTokenizerBase, expected: int | None, where: str
 def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
     """A fast tokenizer for a directory, a mirror name (`tokenizers/<name>/`) or a hub id."""
     local = Path(name_or_path).expanduser()
-    run_checkpoint = paths.checkpoints_dir() / name_or_path / "final"
+    run_checkpoint = paths.run_checkpoint(name_or_path)
     if not local.is_dir() and run_checkpoint.is_dir():  # a zoo run id
         local = run_checkpoint
     if local.is_dir():

@@ -7,8 +7,10 @@ differs from the header's is an error naming the file and line, except in QQP wh
 few broken rows that every GLUE reader skips.
 
 Tokenized splits are cached under `<cache>/glue/<task>-<split>-<fingerprint>/` (`ZOO_CACHE_DIR`),
-the fingerprint covering the source files (path, size, mtime) or hub id, the tokenizer and
-`max_length`; every cell of a grid that shares them reuses the same memory-mapped arrow files.
+the fingerprint covering the source file (`zoo.data.cache.file_identity`: path, size, mtime) or hub
+id, the tokenizer and `max_length`; every cell of a grid that shares them reuses the same
+memory-mapped arrow files, built once by one process through `zoo.data.cache.build_once` (lock,
+temporary directory renamed into place, manifest verified on open).
 Each example keeps its row number (`idx`) and token count (`length`, used for length-grouped
 batches and for sorting evaluation sets so that padding is minimal).
 """
@@ -17,8 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from zoo import paths
+from zoo.data.cache import build_once, file_identity
 from zoo.data.tokenization import tokenizer_fingerprint
 from zoo.errors import DataNotFoundError, ZooError
 from zoo.glue.tasks import HUB_ID, LOCAL_ROOT, GlueTask, SplitSpec
@@ -73,11 +74,10 @@ def task_available(task: GlueTask) -> bool:
 
 
 def source_identity(split: SplitSpec) -> list[Any]:
-    """What a cached split depends on: the local file (path, size, mtime) or the hub dataset."""
+    """What a cached split depends on: `cache.file_identity` of the local file, or the hub dataset."""
     path = local_path(split)
     if path is not None:
-        stat = path.stat()
-        return [str(path), stat.st_size, stat.st_mtime_ns]
+        return file_identity([path])[0]
     return [HUB_ID, split.hub_config, split.hub_split]
 
 
@@ -211,17 +211,15 @@ def cache_path(task: GlueTask, name: str, fingerprint: str) -> Path:
 def load_encoded(task: GlueTask, name: str, tokenizer: Any, max_length: int) -> tuple[Any, str]:
     """(dataset, fingerprint) of a tokenized split, built once and then read from the cache.
 
-    Builders write to a private temporary directory and rename it into place, so a process never sees
-    a half-written cache; two processes racing to build the same split only waste work.
+    `zoo.data.cache.build_once` lets one process tokenize the split (the others wait for it) into a
+    private temporary directory renamed into place, and verifies the arrow files' manifest on open.
     """
     import datasets
 
     fingerprint = split_fingerprint(task, name, tokenizer, max_length)
-    final = cache_path(task, name, fingerprint)
-    if not final.is_dir():
+
+    def build(tmp: Path) -> None:
         dataset = encode(read_split(task, name), tokenizer, max_length)
-        tmp = final.with_name(f"{final.name}.tmp{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
         bars_on = datasets.is_progress_bar_enabled()
         datasets.disable_progress_bars()
         try:
@@ -229,10 +227,8 @@ def load_encoded(task: GlueTask, name: str, tokenizer: Any, max_length: int) -> 
         finally:
             if bars_on:
                 datasets.enable_progress_bars()
-        try:
-            os.replace(tmp, final)
-        except OSError:  # another process renamed its copy first
-            shutil.rmtree(tmp, ignore_errors=True)
+
+    final = build_once(cache_path(task, name, fingerprint), build, f"the tokenized GLUE {task.name} {name} split")
     return datasets.load_from_disk(str(final)), fingerprint
 
 

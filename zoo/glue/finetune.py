@@ -12,7 +12,6 @@ number of epochs). Every epoch's dev metrics are kept in the record's `epochs` l
 from __future__ import annotations
 
 import dataclasses
-import math
 import tempfile
 import time
 from dataclasses import dataclass
@@ -28,91 +27,34 @@ from transformers import (
     PrinterCallback,
     Trainer,
     TrainerCallback,
-    TrainingArguments,
     set_seed,
 )
 from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.utils import logging as hf_logging
 
-from zoo import paths
 from zoo.data.tokenization import load_tokenizer
 from zoo.errors import ZooError
-from zoo.files import atomic_write
 from zoo.glue import data
+from zoo.glue.cell import Cell
 from zoo.glue.metrics import predictions_from_outputs, task_metrics, task_score
 from zoo.glue.predict import write_predictions
-from zoo.glue.tasks import GlueTask, get_task
-from zoo.model.registry import count_parameters, find_model_spec, has_tokenizer_files, pretrained_source
-from zoo.recipe.common import DeepSpeedSection, TrainSection
-from zoo.recipe.glue import GlueRecipe, cell_id, format_lr, glue_recipe_hash, glue_recipe_yaml, model_tag
-from zoo.record.environment import environment
-from zoo.record.store import RECIPE_FILE, now_iso, write_record
-from zoo.train.deepspeed import DEEPSPEED_CONFIG_FILE, deepspeed_config, save_config
-from zoo.train.lm import NonFiniteLoss, optimisation_arguments, precision_flags
-from zoo.train.ranks import (
-    failure_reason,
-    ignore_sigterm,
-    is_distributed_launch,
-    is_main_rank,
-    note_failure,
-    stop_on_sigterm,
-    world_size,
-)
+from zoo.glue.progress import cell_progress
+from zoo.glue.tasks import GlueTask
+from zoo.model.registry import count_parameters
+from zoo.model.resolve import resolve_model
+from zoo.recipe.common import DeepSpeedSection, TrainSection, is_smoke
+from zoo.recipe.glue import GlueRecipe, glue_recipe_hash, glue_recipe_yaml
+from zoo.recipe.schema import to_dict
+from zoo.record.schema import GlueMetrics, GlueRecord, HParams
+from zoo.train.deepspeed import DEEPSPEED_CONFIG_FILE
+from zoo.train.hf_trainer import NonFiniteLoss, StopOnNonFiniteLoss, engine_config, training_arguments
+from zoo.train.lifecycle import RunLifecycle
+from zoo.train.ranks import RankTerminated, is_distributed_launch, is_main_rank, world_size
 
 MODEL_INPUTS = ("input_ids", "token_type_ids", "attention_mask", "labels")
 
 
-@dataclass
-class Cell:
-    """One grid cell: its normalised recipe and the model as the user named it."""
-
-    recipe: GlueRecipe
-    model: str
-
-    @property
-    def task(self) -> GlueTask:
-        return get_task(self.recipe.task.name)
-
-    @property
-    def run_id(self) -> str:
-        return cell_id(self.recipe)
-
-    @property
-    def tag(self) -> str:
-        return model_tag(self.recipe.model.name)
-
-    @property
-    def directory(self) -> Path:
-        return paths.results_dir() / "glue" / self.tag / self.task.key / self.run_id
-
-    @property
-    def work_dir(self) -> Path:
-        """The cell's files that stay outside git: test predictions (QQP/MNLI files are large), rank notes."""
-        return paths.checkpoints_dir() / "glue" / self.tag / self.task.key / self.run_id
-
-    @property
-    def predictions_dir(self) -> Path:
-        return self.work_dir / "predictions"
-
-    @property
-    def label(self) -> str:
-        t = self.recipe.train
-        return f"{self.task.key} bs {t.batch_size} lr {format_lr(t.lr)} seed {t.seed}"
-
-
 # --------------------------------------------------------------------------- model and tokenizer
-
-
-def tokenizer_source(recipe: GlueRecipe) -> str:
-    """model.tokenizer if set; else the checkpoint directory when it holds tokenizer files; else the
-    registry's tokenizer for the model; else the model name (a hub id)."""
-    if recipe.model.tokenizer:
-        return recipe.model.tokenizer
-    source = Path(pretrained_source(recipe.model.name))
-    if has_tokenizer_files(source):
-        return str(source)
-    spec = find_model_spec(recipe.model.name)
-    return spec.tokenizer if spec else recipe.model.name
 
 
 def load_classifier(recipe: GlueRecipe, task: GlueTask, tokenizer: Any) -> torch.nn.Module:
@@ -123,7 +65,7 @@ def load_classifier(recipe: GlueRecipe, task: GlueTask, tokenizer: Any) -> torch
     hf_logging.set_verbosity_error()  # "newly initialized classifier weights" is the point, not news
     try:
         model = AutoModelForSequenceClassification.from_pretrained(
-            pretrained_source(recipe.model.name), num_labels=task.num_labels, ignore_mismatched_sizes=True, **labels)
+            resolve_model(recipe.model.name).source, num_labels=task.num_labels, ignore_mismatched_sizes=True, **labels)
     finally:
         hf_logging.set_verbosity(verbosity)
     if model.config.pad_token_id is None:  # GPT-2 style models find the last real token through it
@@ -148,7 +90,7 @@ class PadCollator:
         return self.pad([{k: f[k] for k in MODEL_INPUTS if k in f} for f in features])
 
 
-class GlueTrainer(Trainer):
+class GlueTrainer(StopOnNonFiniteLoss, Trainer):
     """The HF Trainer with length-grouped training batches, evaluation in dataset order (sorted by
     length) and a hard stop on a non-finite loss."""
 
@@ -157,15 +99,6 @@ class GlueTrainer(Trainer):
         # Sequence-classification heads return a batch mean even though their forward takes **kwargs;
         # told otherwise, the Trainer would skip the division by grad_accum and scale by world size.
         self.model_accepts_loss_kwargs = False
-
-    def training_step(self, model: Any, inputs: Any, num_items_in_batch: Any = None) -> torch.Tensor:
-        loss = super().training_step(model, inputs, num_items_in_batch)
-        finite = torch.isfinite(loss.detach()).all()
-        if self.args.world_size > 1:  # every rank stops at the same step, so the launch stays in step
-            finite = self.accelerator.gather(finite.reshape(1).to(torch.int64)).min().bool()
-        if not finite:
-            raise NonFiniteLoss(f"training loss became {loss.item()} at step {self.state.global_step + 1}")
-        return loss
 
     def _get_train_sampler(self, train_dataset: Any = None) -> torch.utils.data.Sampler | None:
         dataset = train_dataset if train_dataset is not None else self.train_dataset
@@ -222,29 +155,15 @@ def rank_train_section(t: TrainSection, world: int) -> TrainSection:
     return dataclasses.replace(t, batch_size=t.batch_size // world)
 
 
-def engine_config(recipe: GlueRecipe, model: Any) -> dict[str, Any] | None:
-    """In a multi-process launch, the DeepSpeed config (ZeRO 0: the models are small) derived from `train`."""
-    if not is_distributed_launch():
-        return None
-    world = world_size()
-    return deepspeed_config(rank_train_section(recipe.train, world), DeepSpeedSection(enabled=True), world,
-                            **precision_flags(recipe.train.precision),
-                            hidden_size=getattr(model.config, "hidden_size", None),
-                            pin_memory=torch.cuda.is_available())
-
-
-def training_arguments(recipe: GlueRecipe, output_dir: str, ds_config: dict[str, Any] | None = None
-                       ) -> TrainingArguments:
-    return TrainingArguments(
-        output_dir=output_dir,
-        **optimisation_arguments(rank_train_section(recipe.train, world_size()), recipe.eval.batch_size),
-        deepspeed=ds_config,
+def glue_training_arguments(recipe: GlueRecipe, output_dir: str, engine: dict[str, Any] | None = None) -> Any:
+    return training_arguments(
+        output_dir, rank_train_section(recipe.train, world_size()), recipe.eval.batch_size, engine,
         eval_strategy="epoch",
         logging_strategy="epoch",
         save_strategy="no",
         train_sampling_strategy="group_by_length",
         length_column_name="length",
-        disable_tqdm=True,
+        disable_tqdm=True,  # zoo.glue.progress draws the cell's own bar
     )
 
 
@@ -294,105 +213,74 @@ def predict_tests(trainer: Trainer, task: GlueTask, recipe: GlueRecipe, tokenize
     return written
 
 
-def new_record(cell: Cell) -> dict[str, Any]:
+def new_record(cell: Cell) -> GlueRecord:
     recipe, t = cell.recipe, cell.recipe.train
-    return {
-        "run_id": cell.run_id, "kind": "glue", "model": cell.model, "model_tag": cell.tag, "task": cell.task.key,
-        "status": "running", "reason": None, "smoke": recipe.smoke, "recipe_hash": glue_recipe_hash(recipe),
-        "recipe": RECIPE_FILE,
-        "hparams": {"batch_size": t.batch_size, "lr": t.lr, "epochs": t.epochs, "seed": t.seed},
-        "epochs": [], "metrics": {"dev": {}, "score": None}, "params": None, "started_at": now_iso(),
-    }
+    return GlueRecord(run_id=cell.run_id, kind="glue", model=cell.model, model_tag=cell.tag, task=cell.task.key,
+                      smoke=is_smoke(to_dict(recipe)), recipe_hash=glue_recipe_hash(recipe),
+                      hparams=HParams(batch_size=t.batch_size, lr=t.lr, epochs=t.epochs, seed=t.seed))
 
 
-def train_and_evaluate(cell: Cell, record: dict[str, Any], predict_test: bool) -> None:
+def train_and_evaluate(cell: Cell, record: GlueRecord, predict_test: bool) -> None:
     """The work of a cell; fills `record` as it goes (so a failure keeps what was learnt)."""
     recipe, task = cell.recipe, cell.task
-    record["tokenizer"] = tokenizer_source(recipe)
-    tokenizer = load_tokenizer(record["tokenizer"])
+    record.tokenizer = resolve_model(recipe.model.name).tokenizer(recipe.model.tokenizer)
+    tokenizer = load_tokenizer(record.tokenizer)
     cell_inputs = cell_data(recipe, task, tokenizer)
     set_seed(recipe.train.seed)  # the classifier head's initialisation
     model = load_classifier(recipe, task, tokenizer)
-    record["params"] = count_parameters(model)
-    record["data"] = {"fingerprints": cell_inputs.fingerprints, "train_examples": len(cell_inputs.train),
-                      "max_length": recipe.task.max_length}
+    record.params = count_parameters(model)
+    record.data = {"fingerprints": cell_inputs.fingerprints, "train_examples": len(cell_inputs.train),
+                   "max_length": recipe.task.max_length}
     history = EpochHistory(task)
-    ds_config = engine_config(recipe, model)
-    if ds_config is not None:
-        record["launch"] = {"world_size": world_size(), "deepspeed": True, "zero_stage": 0}
-        record["deepspeed_config"] = DEEPSPEED_CONFIG_FILE
-        if is_main_rank():
-            save_config(ds_config, cell.directory)
+    engine = engine_config(rank_train_section(recipe.train, world_size()), DeepSpeedSection(), model,
+                           cell.directory if is_main_rank() else None)
+    if engine is not None:
+        record.launch = {"world_size": world_size(), "deepspeed": True, "zero_stage": 0}
+        record.deepspeed_config = DEEPSPEED_CONFIG_FILE
     with tempfile.TemporaryDirectory(prefix="zoo-glue-") as scratch:
-        args = training_arguments(recipe, scratch, ds_config)
-        trainer = GlueTrainer(model=model, args=args, train_dataset=cell_inputs.train,
-                              eval_dataset=cell_inputs.dev, data_collator=PadCollator(tokenizer),
-                              processing_class=tokenizer, compute_metrics=metrics_function(task),
-                              callbacks=[history])
+        trainer = GlueTrainer(model=model, args=glue_training_arguments(recipe, scratch, engine),
+                              train_dataset=cell_inputs.train, eval_dataset=cell_inputs.dev,
+                              data_collator=PadCollator(tokenizer), processing_class=tokenizer,
+                              compute_metrics=metrics_function(task), callbacks=[history])
         trainer.remove_callback(PrinterCallback)  # the grid prints one line per cell instead
-        record["epochs"] = history.epochs
+        record.epochs = history.epochs
         t_train = time.monotonic()
-        trainer.train()
+        with cell_progress(trainer, cell.label, history):
+            trainer.train()
         if not history.epochs or history.epochs[-1]["epoch"] != round(float(trainer.state.epoch or 0.0), 2):
             trainer.evaluate()  # training stopped between epochs (train.max_steps)
-        record.update(steps=trainer.state.global_step, train_time_s=round(time.monotonic() - t_train, 2))
+        record.steps, record.train_time_s = trainer.state.global_step, round(time.monotonic() - t_train, 2)
         dev = history.epochs[-1]["dev"] if history.epochs else {}
         missing = [name for name in task.dev_metric_names if name not in dev]
         if missing:
             raise ZooError(f"dev evaluation gave no {', '.join(missing)}")
-        record["metrics"] = {"dev": dev, "score": task_score(dev)}
+        record.metrics = GlueMetrics(dev=dev, score=task_score(dev))
         if predict_test:
             files = predict_tests(trainer, task, recipe, tokenizer, cell.predictions_dir)
-            record["predictions"] = {"dir": str(cell.predictions_dir), "files": files}
+            record.predictions = {"dir": str(cell.predictions_dir), "files": files}
 
 
-def run_cell(cell: Cell, predict_test: bool = False, started: str | None = None) -> dict[str, Any]:
-    """Fine-tune and evaluate one cell, write its record (ok or failed), return the record.
+def run_cell(spec: dict[str, Any]) -> dict[str, Any]:
+    """Fine-tune and evaluate the cell `spec` describes (`Cell.to_spec()`: its recipe and model, plus
+    `predict_test` and `started`), write its record (ok or failed) and return the record as plain data.
 
-    A failure is recorded with its reason and returned, not raised: a grid goes on. Ctrl-C records
-    the cell as failed ('interrupted') and is re-raised. In a multi-process launch every rank runs the
-    cell (`started`: rank 0's start time, the same in all) and only rank 0 writes; a non-finite loss
-    stops every rank at the same step, so the grid goes on, but any other failure is raised: a rank
-    that fails alone leaves the others waiting for it, so the launch must end (see zoo.deepspeed).
+    This is the one "run one cell" function: a local grid, a worker process and a remote task all call
+    it. A failure is recorded with its reason and returned, not raised: a grid goes on. Ctrl-C or SIGTERM
+    records the cell as failed and is re-raised. In a multi-process launch every rank runs the cell
+    (`started`: rank 0's start time, the same in all) and only rank 0 writes; a non-finite loss stops
+    every rank at the same step, so the grid goes on, but any other failure is raised: a rank that fails
+    alone leaves the others waiting for it, so the launch must end (see zoo.train.ranks).
     """
-    t0 = time.monotonic()
+    cell = Cell.from_spec(spec)
     record = new_record(cell)
-    record["started_at"] = started or record["started_at"]
+    run = RunLifecycle(record, cell.directory, cell.work_dir, glue_recipe_yaml(cell.recipe))
+    run.begin(spec.get("started"))
     try:
-        train_and_evaluate(cell, record, predict_test)
-        record.update(status="ok")
+        train_and_evaluate(cell, record, bool(spec.get("predict_test")))
+        run.succeed()
     except (Exception, KeyboardInterrupt) as exc:
+        run.fail(exc)
         launched = is_distributed_launch()
-        if launched:
-            ignore_sigterm()  # the launcher stopping this rank must not cut its record or note short
-        reason = failure_reason(exc, cell.work_dir, record["started_at"])
-        record.update(status="failed", reason=reason[:500])
-        if launched and not is_main_rank():
-            note_failure(cell.work_dir, record["started_at"], reason)
-        finish(cell, record, t0)
-        if isinstance(exc, KeyboardInterrupt) or (launched and not isinstance(exc, NonFiniteLoss)):
+        if isinstance(exc, (KeyboardInterrupt, RankTerminated)) or (launched and not isinstance(exc, NonFiniteLoss)):
             raise
-        if launched:
-            stop_on_sigterm()
-        return record
-    finish(cell, record, t0)
-    return record
-
-
-def finish(cell: Cell, record: dict[str, Any], t0: float) -> None:
-    if not is_main_rank():
-        return
-    record.update(finished_at=now_iso(), wall_time_s=round(time.monotonic() - t0, 2), environment=environment())
-    atomic_write(cell.directory / RECIPE_FILE, glue_recipe_yaml(cell.recipe))
-    write_record(cell.directory, json_safe(record))
-
-
-def json_safe(value: Any) -> Any:
-    """JSON has no NaN or infinity: such values are written as null."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [json_safe(v) for v in value]
-    return value
+    return dataclasses.asdict(record)

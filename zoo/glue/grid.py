@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import multiprocessing
 import os
 import queue
@@ -35,16 +34,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from zoo import paths
+from zoo.data.tokenization import load_tokenizer
 from zoo.errors import ZooError
-from zoo.files import atomic_write
 from zoo.glue import data
-from zoo.glue.finetune import Cell, run_cell, tokenizer_source
-from zoo.glue.metrics import glue_average, partial_average
-from zoo.glue.tasks import TASKS, get_task
-from zoo.recipe.glue import GlueRecipe, format_lr, grid_cells
-from zoo.record.store import RECORD_FILE, now_iso, read_record
-from zoo.train.ranks import is_distributed_launch, is_main_rank, shared_from_main
+from zoo.glue.cell import Cell, is_done
+from zoo.glue.finetune import run_cell
+from zoo.model.resolve import resolve_model
+from zoo.record.store import now_iso
+from zoo.train.ranks import RankTerminated, is_distributed_launch, is_main_rank, shared_from_main
 
 LOCK_FILE = ".lock"
 
@@ -69,40 +66,6 @@ class GridReport:
 
     def count(self, status: str) -> int:
         return sum(1 for o in self.outcomes if o.status == status)
-
-
-# --------------------------------------------------------------------------- planning
-
-
-def available_tasks() -> list[str]:
-    """Tasks whose train and dev data can be read now (mirror, or hub when online)."""
-    return [key for key, task in TASKS.items() if data.task_available(task)]
-
-
-def plan(recipe: GlueRecipe, model: str, tasks: list[str]) -> list[Cell]:
-    """Every cell of `recipe`'s grid over `tasks`, each checked to have its data."""
-    missing = [key for key in tasks if not data.task_available(get_task(key))]
-    if missing:
-        task = get_task(missing[0])
-        where = ", ".join(str(data.expected_local_path(s)) for s in task.splits if s.role in ("train", "dev"))
-        raise ZooError(f"GLUE {task.name} data is not available offline; expected {where} "
-                       "(or hub dataset nyu-mll/glue with network access)")
-    return [Cell(cell, model) for cell in grid_cells(recipe, tasks)]
-
-
-def read_cell_record(cell: Cell) -> dict[str, Any] | None:
-    path = cell.directory / RECORD_FILE
-    if not path.is_file():
-        return None
-    try:
-        return read_record(path)
-    except ZooError:
-        return None
-
-
-def is_done(cell: Cell) -> bool:
-    record = read_cell_record(cell)
-    return record is not None and record.get("status") == "ok"
 
 
 # --------------------------------------------------------------------------- running one claimed cell
@@ -153,9 +116,9 @@ def run_claimed(cell: Cell, predict_test: bool = False, force: bool = False) -> 
             decision, started = shared_from_main((decision, started))
         if decision != "run":
             return Outcome(cell.run_id, cell.label, decision)
-        record = run_cell(cell, predict_test, started)
-    return Outcome(cell.run_id, cell.label, record["status"], record["metrics"].get("score"), record.get("reason"),
-                   record.get("wall_time_s"))
+        record = run_cell(cell.to_spec(predict_test=predict_test, started=started))
+    return Outcome(cell.run_id, cell.label, record["status"], record["metrics"]["score"], record["reason"],
+                   record["wall_time_s"])
 
 
 # --------------------------------------------------------------------------- the grid
@@ -174,9 +137,8 @@ def warm_caches(cells: list[Cell], predict_test: bool) -> dict[str, str]:
         roles = ("train", "dev", "test") if predict_test else ("train", "dev")
         names = [s.name for s in task.splits if s.role in roles and data.split_available(s)]
         try:
-            from zoo.data.tokenization import load_tokenizer
-
-            data.prepare(task, names, load_tokenizer(tokenizer_source(recipe)), recipe.task.max_length)
+            tokenizer = load_tokenizer(resolve_model(recipe.model.name).tokenizer(recipe.model.tokenizer))
+            data.prepare(task, names, tokenizer, recipe.task.max_length)
         except ZooError as exc:  # each of the task's cells will fail with this reason and be recorded
             errors[task.key] = str(exc)
     return errors
@@ -220,7 +182,7 @@ def _worker(cells: Any, outcomes: Any, threads: int, parent: int, predict_test: 
             if cell is None:
                 return
             outcomes.put(run_claimed(cell, predict_test, force))
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, RankTerminated):
         return
 
 
@@ -311,102 +273,6 @@ def run_grid(cells: list[Cell], workers: int = 1, predict_test: bool = False, fo
     except KeyboardInterrupt:
         report.interrupted = True
     return report
-
-
-# --------------------------------------------------------------------------- summary
-
-
-def cell_row(cell: Cell) -> dict[str, Any]:
-    """One line of a task's table: the cell's hyper-parameters, status and dev results."""
-    t = cell.recipe.train
-    record = read_cell_record(cell) or {}
-    metrics = record.get("metrics") or {}
-    return {"run_id": cell.run_id, "batch_size": t.batch_size, "lr": t.lr, "seed": t.seed,
-            "status": record.get("status", "missing"), "score": metrics.get("score"), "dev": metrics.get("dev", {}),
-            "record": str(Path(cell.task.key) / cell.run_id / RECORD_FILE)}
-
-
-def best_row(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The best cell on dev: first the (batch size, lr) setting with the highest mean score over its
-    seeds, then that setting's best seed. Ties go to the smaller batch size, then lr, then seed."""
-    ok = [r for r in rows if r["status"] == "ok" and r["score"] is not None]
-    if not ok:
-        return None
-    settings: dict[tuple[int, float], list[dict[str, Any]]] = {}
-    for row in ok:
-        settings.setdefault((row["batch_size"], row["lr"]), []).append(row)
-
-    def mean(cells: list[dict[str, Any]]) -> float:
-        return sum(c["score"] for c in cells) / len(cells)
-
-    (_, chosen) = min(settings.items(), key=lambda item: (-mean(item[1]), item[0][0], item[0][1]))
-    best = min(chosen, key=lambda r: (-r["score"], r["seed"], r["run_id"]))
-    return {**best, "setting_score": mean(chosen), "setting_seeds": len(chosen)}
-
-
-def score_table(rows: list[dict[str, Any]]) -> dict[str, dict[str, float | None]]:
-    """{batch size: {lr: mean dev score over the seeds that finished (None: none did)}}."""
-    table: dict[str, dict[str, float | None]] = {}
-    for bs in sorted({r["batch_size"] for r in rows}):
-        table[str(bs)] = {}
-        for lr in sorted({r["lr"] for r in rows}):
-            scores = [r["score"] for r in rows if r["batch_size"] == bs and r["lr"] == lr
-                      and r["status"] == "ok" and r["score"] is not None]
-            table[str(bs)][format_lr(lr)] = sum(scores) / len(scores) if scores else None
-    return table
-
-
-def task_summary(cells: list[Cell]) -> dict[str, Any]:
-    """Best cell, bs x lr table and every cell's row for one task of a grid."""
-    rows = [cell_row(cell) for cell in cells]
-    statuses = [r["status"] for r in rows]
-    return {
-        "cells": {s: statuses.count(s) for s in ("ok", "failed", "missing") if statuses.count(s)},
-        "best": best_row(rows),
-        "table": score_table(rows),
-        "epochs": cells[0].recipe.train.epochs,
-        "max_length": cells[0].recipe.task.max_length,
-        "rows": rows,
-    }
-
-
-def summary_path(tag: str, smoke: bool) -> Path:
-    return paths.results_dir() / "glue" / tag / ("summary.smoke.json" if smoke else "summary.json")
-
-
-def summarize(cells: list[Cell], model: str, earlier_tasks: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Per task of `cells` (plus `earlier_tasks` for the others): best cell and bs x lr table."""
-    tasks = dict(earlier_tasks or {})
-    for key in TASKS:
-        of_task = [c for c in cells if c.task.key == key]
-        if of_task:
-            tasks[key] = task_summary(of_task)
-    scores = {key: s["best"]["setting_score"] for key, s in tasks.items() if s.get("best")}
-    return {"model": model, "model_tag": cells[0].tag, "smoke": cells[0].recipe.smoke, "updated_at": now_iso(),
-            "selection": "per task the (batch size, lr) with the highest dev score (last epoch) averaged over "
-                         "seeds, then its best seed; ties: smaller batch size, then lr, then seed",
-            "glue_average": glue_average(scores), "average_of_tasks_run": partial_average(scores),
-            "tasks": {key: tasks[key] for key in TASKS if key in tasks}}
-
-
-def write_summary(cells: list[Cell], model: str) -> dict[str, Any]:
-    """Update results/glue/<tag>/summary.json with the tasks of this grid (other tasks are kept)."""
-    path = summary_path(cells[0].tag, cells[0].recipe.smoke)
-    earlier = json.loads(path.read_text(encoding="utf-8")).get("tasks", {}) if path.is_file() else {}
-    summary = summarize(cells, model, earlier)
-    atomic_write(path, json.dumps(summary, indent=2) + "\n")
-    return summary
-
-
-def best_cells(cells: list[Cell], summary: dict[str, Any]) -> dict[str, Cell]:
-    """task -> the planned cell the summary chose as best."""
-    by_id = {c.run_id: c for c in cells}
-    chosen = {}
-    for key, entry in summary["tasks"].items():
-        best = entry.get("best")
-        if best and best["run_id"] in by_id:
-            chosen[key] = by_id[best["run_id"]]
-    return chosen
 
 
 def elapsed(t0: float) -> str:

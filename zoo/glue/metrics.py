@@ -13,23 +13,30 @@ import math
 from collections.abc import Callable, Mapping
 
 import numpy as np
-from scipy.stats import pearsonr, spearmanr
-from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
 from zoo.glue.tasks import TASKS, GlueTask
 
+# scipy and scikit-learn are imported by the metric functions themselves: the leaderboard reads task scores
+# through this module and should not pay seconds of imports for metrics it never computes.
+
 
 def accuracy(predictions: np.ndarray, labels: np.ndarray) -> float:
+    from sklearn.metrics import accuracy_score
+
     return float(accuracy_score(labels, predictions))
 
 
 def f1(predictions: np.ndarray, labels: np.ndarray) -> float:
     """F1 of class 1 (MRPC: equivalent, QQP: duplicate)."""
+    from sklearn.metrics import f1_score
+
     return float(f1_score(labels, predictions, pos_label=1, average="binary", zero_division=0.0))
 
 
 def mcc(predictions: np.ndarray, labels: np.ndarray) -> float:
     """Matthews correlation; 0 when either side is constant (sklearn's convention)."""
+    from sklearn.metrics import matthews_corrcoef
+
     return float(matthews_corrcoef(labels, predictions))
 
 
@@ -41,10 +48,14 @@ def _correlation(function: Callable, predictions: np.ndarray, labels: np.ndarray
 
 
 def pearson(predictions: np.ndarray, labels: np.ndarray) -> float:
+    from scipy.stats import pearsonr
+
     return _correlation(pearsonr, predictions, labels)
 
 
 def spearman(predictions: np.ndarray, labels: np.ndarray) -> float:
+    from scipy.stats import spearmanr
+
     return _correlation(spearmanr, predictions, labels)
 
 

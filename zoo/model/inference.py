@@ -1,6 +1,6 @@
 """Try a model: `zoo generate` (causal LMs) and `zoo fill-mask` (masked LMs).
 
-Both take any name `pretrained_source` understands: a zoo run id (its checkpoints/<run-id>/final), a
+Both take any name `zoo.model.resolve` understands: a zoo run id (its checkpoints/<run-id>/final), a
 checkpoint directory, a registry name or a hub id. The tokenizer saved with a checkpoint is used when
 there is one, else the registry's tokenizer, else the hub id's.
 """
@@ -8,7 +8,6 @@ there is one, else the registry's tokenizer, else the hub id's.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -25,7 +24,8 @@ from transformers import (
 from zoo.data.masking import wordpiece_prefix
 from zoo.data.tokenization import load_tokenizer
 from zoo.errors import ZooError
-from zoo.model.registry import Objective, find_model_spec, has_tokenizer_files, objective_of, pretrained_source
+from zoo.model.registry import Objective
+from zoo.model.resolve import objective_of_config, resolve_model
 
 MASK_PLACEHOLDERS = ("[MASK]", "<mask>")
 
@@ -41,31 +41,19 @@ class LoadedModel:
     tokenizer: PreTrainedTokenizerBase
 
 
-def tokenizer_for(name: str, source: str) -> PreTrainedTokenizerBase:
-    """The checkpoint's own tokenizer if saved with it, else the registry's, else the hub id's."""
-    if has_tokenizer_files(Path(source)):
-        return load_tokenizer(source)
-    spec = find_model_spec(name)
-    return load_tokenizer(spec.tokenizer if spec else source)
-
-
 def inference_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def load_config(name: str) -> tuple[str, PretrainedConfig]:
-    """(source, config) of a run id, directory, registry name or hub id."""
-    source = pretrained_source(name)
-    try:
-        return source, AutoConfig.from_pretrained(source)
-    except (OSError, ValueError) as exc:
-        raise ZooError(f"model {name!r}: no readable config at {source} ({exc.__class__.__name__})") from None
-
-
 def load_model(name: str) -> LoadedModel:
     """A run, checkpoint, registry model or hub model with its language-model head, in eval mode."""
-    source, config = load_config(name)
-    objective = objective_of(config)
+    ref = resolve_model(name)
+    source = ref.source
+    try:
+        config = AutoConfig.from_pretrained(source)
+    except (OSError, ValueError) as exc:
+        raise ZooError(f"model {name!r}: no readable config at {source} ({exc.__class__.__name__})") from None
+    objective = objective_of_config(config.to_dict())
     if objective is None:
         heads = ", ".join(config.architectures or [config.model_type])
         raise ZooError(f"model {name!r} ({heads}) has no masked- or causal-LM head to generate or fill masks with")
@@ -75,7 +63,7 @@ def load_model(name: str) -> LoadedModel:
     except (OSError, ValueError) as exc:
         raise ZooError(f"model {name!r} could not be loaded from {source}: {exc}") from None
     model.to(inference_device()).eval()
-    return LoadedModel(name, source, objective, model, tokenizer_for(name, source))
+    return LoadedModel(name, source, objective, model, load_tokenizer(ref.tokenizer()))
 
 
 def require_objective(loaded: LoadedModel, objective: Objective, command: str) -> None:

@@ -27,7 +27,8 @@ from transformers.modeling_outputs import CausalLMOutputWithCrossAttentions, Mas
 from transformers.models.roberta.modeling_roberta import gelu as roberta_gelu
 
 from zoo.errors import ZooError
-from zoo.model.registry import find_model_spec, pretrained_source
+from zoo.model.registry import find_model_spec
+from zoo.model.resolve import resolve_model
 from zoo.recipe.lm import Recipe
 
 # --------------------------------------------------------------------------- sparse MLM prediction
@@ -292,7 +293,7 @@ def build_model(recipe: Recipe, tokenizer: Any) -> PreTrainedModel:
         config = scratch_config(recipe, len(tokenizer), tokenizer)
         cls = _model_class(auto, config.model_type)
         return cls.from_config(config) if cls is auto else cls(config)
-    source = pretrained_source(recipe.model.name)
+    source = resolve_model(recipe.model.name).source
     try:
         config = AutoConfig.from_pretrained(source, **recipe.model.config)
         model = _model_class(auto, config.model_type).from_pretrained(source, config=config)

@@ -3,17 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
-from zoo import paths
-from zoo.errors import DataNotFoundError, ZooError
-
-if TYPE_CHECKING:
-    from transformers import PretrainedConfig
+from zoo.errors import ZooError
 
 Objective = Literal["mlm", "clm"]
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json")
 
 
 @dataclass(frozen=True)
@@ -86,70 +80,16 @@ def find_model_spec(name_or_path: str) -> ModelSpec | None:
     return None
 
 
-def mirror_model_dir(hub_id: str) -> Path | None:
-    """`$ZOO_DATA_DIR/models/<hub id>/` when it holds a saved model."""
-    root = paths.data_dir()
-    if root is None:
-        return None
-    candidate = root / "models" / hub_id
-    return candidate if (candidate / "config.json").is_file() else None
-
-
-def pretrained_source(name_or_path: str) -> str:
-    """Where `from_pretrained` should load `name_or_path` from: a local dir, the mirror, or the hub.
-
-    Offline with no local copy, raises DataNotFoundError naming the hub id and the mirror path.
-    """
-    local = Path(name_or_path).expanduser()
-    if (local / "config.json").is_file():
-        return str(local.resolve())
-    run_checkpoint = paths.checkpoints_dir() / name_or_path / "final"
-    if (run_checkpoint / "config.json").is_file():
-        return str(run_checkpoint)
-    from zoo.record.store import find_run
-
-    if find_run(name_or_path) is not None:
-        raise DataNotFoundError(
-            f"run {name_or_path!r} has a record but no checkpoint at {run_checkpoint} "
-            "(checkpoints are kept out of git; set ZOO_CHECKPOINT_DIR to where they are)"
-        )
-    spec = find_model_spec(name_or_path)
-    hub_id = spec.hub_id if spec else name_or_path
-    if not hub_id:
-        raise ZooError(f"model {name_or_path!r} has no published checkpoint; use model.init=scratch")
-    mirrored = mirror_model_dir(hub_id)
-    if mirrored:
-        return str(mirrored)
-    if paths.hub_offline():
-        root = paths.data_dir() or Path("$ZOO_DATA_DIR")
-        raise DataNotFoundError(
-            f"model {hub_id!r} is not available offline; put a saved model (config.json + weights) "
-            f"in {root / 'models' / hub_id} or pass a checkpoint directory"
-        )
-    return hub_id
-
-
-def objective_of(config: PretrainedConfig) -> Objective | None:
-    """mlm or clm from a saved config: its head class (`architectures`), else its model type."""
+def objective_of_model_type(model_type: str, is_decoder: bool = False) -> Objective | None:
+    """mlm or clm for a HF `model_type` with no head named in its config (a bare saved encoder/decoder)."""
     from transformers.models.auto.modeling_auto import (
         MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
         MODEL_FOR_MASKED_LM_MAPPING_NAMES,
     )
 
-    for architecture in config.architectures or []:
-        if architecture.endswith("ForMaskedLM"):
-            return "mlm"
-        if architecture.endswith(("ForCausalLM", "LMHeadModel")):
-            return "clm"
-    if config.architectures:
-        return None  # a task head (e.g. ForSequenceClassification): no language-model head
-    if config.model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES and not getattr(config, "is_decoder", False):
+    if model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES and not is_decoder:
         return "mlm"
-    return "clm" if config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES else None
-
-
-def has_tokenizer_files(directory: Path) -> bool:
-    return directory.is_dir() and any((directory / name).is_file() for name in TOKENIZER_FILES)
+    return "clm" if model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES else None
 
 
 def count_parameters(model: Any) -> int:

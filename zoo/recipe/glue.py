@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -24,7 +23,6 @@ from typing import Any, Literal
 import yaml
 
 from zoo import paths
-from zoo.errors import ZooError
 from zoo.glue.tasks import TASKS, get_task
 from zoo.recipe.common import RecipeHead, TrainSection, apply_overrides, dict_hash, merge, read_yaml
 from zoo.recipe.schema import RecipeError, build, setting, to_dict
@@ -144,28 +142,3 @@ def cell_id(recipe: GlueRecipe) -> str:
     """`bs32-lr1e-04-s42-<recipe hash>`: readable, and unique per resolved cell recipe."""
     t = recipe.train
     return f"bs{t.batch_size}-lr{format_lr(t.lr)}-s{t.seed}-{glue_recipe_hash(recipe)}"
-
-
-def canonical_model(name: str) -> str:
-    """The recipe's spelling of a model: a zoo run id for checkpoints/<run>/final, an absolute path for
-    any other directory, the name itself otherwise; so that a cell's hash does not depend on the cwd."""
-    if not name:
-        raise ZooError("zoo glue: give a MODEL (registry name, hub id, zoo run id or checkpoint directory)")
-    local = Path(name).expanduser()
-    if not local.is_dir():
-        return name
-    local = local.resolve()
-    checkpoints = paths.checkpoints_dir().resolve()
-    if local.parent.parent == checkpoints and local.name == "final":
-        return local.parent.name
-    return str(local)
-
-
-def model_tag(name: str) -> str:
-    """A filesystem-safe name for results/glue/<model-tag>/: run id, directory name or hub id."""
-    path = Path(name)
-    if path.is_absolute():
-        parts = [p for p in path.parts if p not in ("/", "final")]
-        name = parts[-1] if parts else "model"
-    tag = re.sub(r"[^A-Za-z0-9._-]+", "_", name.replace("/", "--")).strip("._")
-    return tag or "model"

@@ -144,17 +144,13 @@ def resolve(recipe: Recipe) -> Recipe:
 
 def _resolve_from_checkpoint(recipe: Recipe) -> None:
     """A zoo run id, checkpoint directory or hub id: take its tokenizer and objective from what it saved."""
-    from zoo.model.registry import has_tokenizer_files, objective_of, pretrained_source
+    from zoo.model.resolve import resolve_model
 
-    source = Path(pretrained_source(recipe.model.name))
-    if not source.is_dir():
-        return  # a hub id: its tokenizer is its own name; the objective must be given
-    if not recipe.tokenizer.name and has_tokenizer_files(source):
+    ref = resolve_model(recipe.model.name)
+    if not recipe.tokenizer.name and ref.has_own_tokenizer:
         recipe.tokenizer.name = recipe.model.name
-    if not recipe.objective.type and (source / "config.json").is_file():
-        from transformers import AutoConfig
-
-        recipe.objective.type = objective_of(AutoConfig.from_pretrained(source)) or ""
+    if not recipe.objective.type:
+        recipe.objective.type = ref.objective or ""
 
 
 def recipe_dict(recipe: Recipe) -> dict[str, Any]:

@@ -23,6 +23,9 @@ RECORD_FILE = "run.json"
 RECIPE_FILE = "recipe.yaml"
 
 Status = Literal["running", "ok", "failed"]
+# A field with this metadata is left out of run.json while it holds no value (None, or only Nones): a run
+# that failed before evaluating has no `metrics` at all, never a row of nulls that reads like a result.
+OMIT_EMPTY = {"omit_empty": True}
 
 
 @dataclass
@@ -55,8 +58,8 @@ class RunRecord:
     steps: int | None = None
     train_time_s: float | None = None
     data: dict[str, Any] = field(default_factory=dict)
-    launch: dict[str, Any] | None = None
-    deepspeed_config: str | None = None
+    launch: dict[str, Any] | None = field(default=None, metadata=OMIT_EMPTY)  # how many processes, which engine
+    deepspeed_config: str | None = field(default=None, metadata=OMIT_EMPTY)  # deepspeed.json when DeepSpeed ran
     environment: dict[str, Any] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
 
@@ -77,6 +80,10 @@ class RunRecord:
     def world_size(self) -> int:
         return int((self.launch or {}).get("world_size") or 1)
 
+    def results(self) -> dict[str, Any]:
+        """The numbers an ok run must have, finite (the lifecycle fails a run otherwise)."""
+        return {}
+
 
 @dataclass
 class LMMetrics:
@@ -95,14 +102,17 @@ class LMRecord(RunRecord):
     name: str = ""
     corpus: str = ""
     objective: str = ""
-    metrics: LMMetrics = field(default_factory=LMMetrics)
-    before: LMMetrics | None = None  # finetune: the evaluation before training
+    metrics: LMMetrics = field(default_factory=LMMetrics, metadata=OMIT_EMPTY)
+    before: LMMetrics | None = field(default=None, metadata=OMIT_EMPTY)  # finetune: the evaluation before training
     tokens_seen: int | None = None
     tokens_per_s: float | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
     resumed: bool = False
     resumed_from_step: int | None = None
-    checkpoint: str | None = None
+    checkpoint: str | None = field(default=None, metadata=OMIT_EMPTY)
+
+    def results(self) -> dict[str, Any]:
+        return {"eval_loss": self.metrics.eval_loss, "perplexity": self.metrics.perplexity}
 
 
 @dataclass
@@ -133,7 +143,10 @@ class GlueRecord(RunRecord):
     hparams: HParams | None = None
     epochs: list[dict[str, Any]] = field(default_factory=list)
     metrics: GlueMetrics = field(default_factory=GlueMetrics)
-    predictions: dict[str, Any] | None = None
+    predictions: dict[str, Any] | None = field(default=None, metadata=OMIT_EMPTY)  # with --predict-test
+
+    def results(self) -> dict[str, Any]:
+        return {"score": self.metrics.score, **{f"dev {name}": value for name, value in self.metrics.dev.items()}}
 
 
 Record = LMRecord | GlueRecord

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -40,19 +41,39 @@ def run_dir(kind: str, run_id: str) -> Path:
     return paths.results_dir() / kind / run_id
 
 
+def map_leaves(value: Any, leaf: Callable[[Any], Any]) -> Any:
+    """`value` (nested dicts and lists) with `leaf` applied to every value that is neither."""
+    if isinstance(value, dict):
+        return {k: map_leaves(v, leaf) for k, v in value.items()}
+    if isinstance(value, list):
+        return [map_leaves(v, leaf) for v in value]
+    return leaf(value)
+
+
+def _finite_or_none(value: Any) -> Any:
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+def _number_text_as_none(value: Any) -> Any:
+    return None if isinstance(value, str) and value.strip().lower() in NON_FINITE_TEXT else value
+
+
 def json_safe(value: Any) -> Any:
     """The record's one non-finite policy: JSON has no NaN or infinity, so such numbers are written as null."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [json_safe(v) for v in value]
-    return value
+    return map_leaves(value, _finite_or_none)
+
+
+def _is_empty(value: Any) -> bool:
+    return value is None or (isinstance(value, dict) and all(v is None for v in value.values()))
 
 
 def record_json(record: Record) -> str:
-    return json.dumps(json_safe(dataclasses.asdict(record)), indent=2, default=str) + "\n"
+    """The JSON text of a record: non-finite numbers as null, empty OMIT_EMPTY sections left out."""
+    data = json_safe(dataclasses.asdict(record))
+    for spec in dataclasses.fields(record):
+        if spec.metadata.get("omit_empty") and _is_empty(data[spec.name]):
+            del data[spec.name]
+    return json.dumps(data, indent=2, default=str) + "\n"
 
 
 def write_record(directory: Path, record: Record) -> Path:
@@ -62,16 +83,6 @@ def write_record(directory: Path, record: Record) -> Path:
     return path
 
 
-def _without_non_finite_text(value: Any) -> Any:
-    if isinstance(value, str) and value.strip().lower() in NON_FINITE_TEXT:
-        return None
-    if isinstance(value, dict):
-        return {k: _without_non_finite_text(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_without_non_finite_text(v) for v in value]
-    return value
-
-
 def upgrade(raw: dict[str, Any], directory: Path) -> dict[str, Any]:
     """A record of an older schema version as the current schema has it (see zoo.record.schema)."""
     version = raw.get("schema_version", 1)
@@ -79,7 +90,7 @@ def upgrade(raw: dict[str, Any], directory: Path) -> dict[str, Any]:
         return raw
     if version != 1:
         raise ZooError(f"schema_version {version!r} is not one this zoo reads (1 or {SCHEMA_VERSION})")
-    raw = _without_non_finite_text(raw)
+    raw = map_leaves(raw, _number_text_as_none)  # v1 LM records wrote NaN as "nan"
     recipe = directory / str(raw.get("recipe") or RECIPE_FILE)
     raw["smoke"] = bool(raw.get("smoke")) or (recipe.is_file() and is_smoke(read_yaml(recipe)))
     if raw.get("started_at") and "segments" not in raw:
@@ -110,6 +121,17 @@ def read_record(path: Path) -> Record:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ZooError(f"{path}: not a readable run record ({exc})") from None
     return parse_record(raw, path.parent, str(path))
+
+
+def read_if_readable(path: Path, kind: type[Record]) -> Record | None:
+    """The record at `path` if there is a readable one of type `kind`, else None (such a run counts as absent)."""
+    if not path.is_file():
+        return None
+    try:
+        record = read_record(path)
+    except ZooError:
+        return None
+    return record if isinstance(record, kind) else None
 
 
 def iter_records(kind: str | None = None) -> list[tuple[Path, Record]]:

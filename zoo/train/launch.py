@@ -211,14 +211,11 @@ def maybe_relaunch(args: argparse.Namespace, argv: Sequence[str] | None = None) 
 
 
 def check_same_command(args: argparse.Namespace, arguments: Sequence[str]) -> None:
-    """The ranks must run exactly the command that was parsed here (guards a wrong `argv`)."""
-    from zoo.cli import build_parser, overrides_from_extras
-
+    """The ranks must run exactly the command that was parsed here (guards a wrong `argv`); `args` carries
+    the parser's own re-parse function (`zoo.cli.build_parser` sets it)."""
     launch_keys = {"nproc", "gpus", "hostfile", "nodes", "master_port", "launcher"}
     try:
-        parsed, extras = build_parser().parse_known_args(list(arguments))
-        if extras:
-            parsed.overrides = list(parsed.overrides) + overrides_from_extras(extras)
+        parsed = args.parse_command_line(list(arguments))
     except SystemExit:
         parsed = argparse.Namespace()
     expected = {k: v for k, v in vars(args).items() if k not in launch_keys}

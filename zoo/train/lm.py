@@ -5,6 +5,7 @@ recipe -> tokenizer -> packed data -> model -> Trainer (optionally DeepSpeed) ->
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass
@@ -12,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
+from transformers import Trainer, TrainerCallback, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
 from zoo import paths
@@ -23,28 +24,16 @@ from zoo.errors import TrainingFailed, ZooError
 from zoo.files import atomic_write
 from zoo.model.modeling import build_model
 from zoo.model.registry import count_parameters
-from zoo.recipe.common import TrainSection
-from zoo.recipe.lm import Recipe, recipe_hash, recipe_yaml
-from zoo.record.environment import environment
-from zoo.record.store import RECIPE_FILE, new_run_id, now_iso, run_dir, write_record
-from zoo.train.deepspeed import DEEPSPEED_CONFIG_FILE, deepspeed_config, save_config
+from zoo.model.resolve import resolve_model
+from zoo.recipe.common import is_smoke, read_yaml
+from zoo.recipe.lm import Recipe, load_recipe, recipe_hash, recipe_yaml
+from zoo.record.schema import RECIPE_FILE, RECORD_FILE, LMMetrics, LMRecord
+from zoo.record.store import new_run_id, now_iso, read_if_readable, run_dir
+from zoo.train.deepspeed import DEEPSPEED_CONFIG_FILE
 from zoo.train.evaluation import lm_metrics
-from zoo.train.ranks import (
-    as_single_rank,
-    failure_reason,
-    ignore_sigterm,
-    is_distributed_launch,
-    is_main_rank,
-    join_launch,
-    note_failure,
-    shared_from_main,
-    stop_on_sigterm,
-    world_size,
-)
-
-
-class NonFiniteLoss(RuntimeError):
-    """The training loss became NaN or infinite."""
+from zoo.train.hf_trainer import StopOnNonFiniteLoss, engine_config, training_arguments
+from zoo.train.lifecycle import RunLifecycle, stop_on_sigterm
+from zoo.train.ranks import is_distributed_launch, join_launch, shared_from_main
 
 
 @dataclass
@@ -92,7 +81,7 @@ class EpochCallback(TrainerCallback):
         self.clock.epoch = int(math.floor((state.epoch or 0.0) + 1e-6))
 
 
-class ZooTrainer(Trainer):
+class ZooTrainer(StopOnNonFiniteLoss, Trainer):
     """The HF Trainer with a token-weighted training loss and evaluation, and a hard stop on a non-finite loss."""
 
     def __init__(self, *args: Any, objective: str, **kwargs: Any) -> None:
@@ -135,12 +124,6 @@ class ZooTrainer(Trainer):
             loss = loss * (local / num_items_in_batch) * self.accelerator.num_processes
         return (loss, outputs) if return_outputs else loss
 
-    def training_step(self, model: Any, inputs: Any, num_items_in_batch: Any = None) -> torch.Tensor:
-        loss = super().training_step(model, inputs, num_items_in_batch)
-        if not torch.isfinite(loss).all():
-            raise NonFiniteLoss(f"training loss became {loss.item()} at step {self.state.global_step + 1}")
-        return loss
-
     def evaluate(self, eval_dataset: Any = None, ignore_keys: Any = None, metric_key_prefix: str = "eval") -> dict:
         dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
         result = lm_metrics(
@@ -156,45 +139,10 @@ class ZooTrainer(Trainer):
         return metrics
 
 
-def precision_flags(precision: str) -> dict[str, bool]:
-    """TrainingArguments bf16/fp16 flags; 'auto' picks bf16 on a GPU that supports it, else fp32."""
-    if precision == "auto":
-        precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
-    if precision != "fp32" and not torch.cuda.is_available():
-        raise ZooError(f"train.precision={precision} needs a GPU; use fp32 or auto on CPU")
-    return {"bf16": precision == "bf16", "fp16": precision == "fp16"}
-
-
-def optimisation_arguments(t: TrainSection, eval_batch_size: int) -> dict[str, Any]:
-    """The TrainingArguments that a recipe's `train` section decides, shared by every zoo Trainer."""
-    return {
-        "per_device_train_batch_size": t.batch_size,
-        "per_device_eval_batch_size": eval_batch_size,
-        "gradient_accumulation_steps": t.grad_accum,
-        "learning_rate": t.lr,
-        "weight_decay": t.weight_decay,
-        "adam_beta2": t.adam_beta2,
-        "warmup_steps": t.warmup if t.warmup < 1 else int(t.warmup),
-        "lr_scheduler_type": t.schedule,
-        "max_steps": t.max_steps,
-        "num_train_epochs": t.epochs,
-        "seed": t.seed,
-        "data_seed": t.seed,
-        "max_grad_norm": t.max_grad_norm,
-        "dataloader_num_workers": t.dataloader_workers,
-        "logging_nan_inf_filter": False,
-        "remove_unused_columns": False,
-        "report_to": [],
-        "use_cpu": not torch.cuda.is_available(),
-        **precision_flags(t.precision),
-    }
-
-
-def training_arguments(recipe: Recipe, output_dir: Path, deepspeed_config: dict | None) -> TrainingArguments:
+def lm_training_arguments(recipe: Recipe, output_dir: Path, engine: dict | None) -> Any:
     t = recipe.train
-    return TrainingArguments(
-        output_dir=str(output_dir),
-        **optimisation_arguments(t, recipe.eval.batch_size),
+    return training_arguments(
+        output_dir, t, recipe.eval.batch_size, engine,
         logging_steps=t.log_every,
         eval_strategy="steps" if t.eval_every else "no",
         eval_steps=t.eval_every or None,
@@ -202,7 +150,6 @@ def training_arguments(recipe: Recipe, output_dir: Path, deepspeed_config: dict 
         save_steps=t.save_every or 500,
         save_total_limit=t.save_total_limit,
         include_num_input_tokens_seen="all",  # counted on every rank and summed: tokens_seen, tokens/s
-        deepspeed=deepspeed_config,
     )
 
 
@@ -222,95 +169,95 @@ def find_resumable(recipe: Recipe) -> str | None:
     digest = recipe_hash(recipe)
     candidates = sorted(paths.checkpoints_dir().glob(f"*/{RECIPE_FILE}"), key=lambda p: p.stat().st_mtime)
     for saved in reversed(candidates):
-        from zoo.recipe.common import read_yaml
-        from zoo.recipe.lm import load_recipe
-
         if recipe_hash(load_recipe(read_yaml(saved), str(saved))) == digest and get_last_checkpoint(str(saved.parent)):
             return saved.parent.name
     return None
 
 
-def run_lm(recipe: Recipe, run_id: str | None = None, resume: bool = False) -> dict[str, Any]:
+def new_lm_record(recipe: Recipe, run_id: str) -> LMRecord:
+    return LMRecord(run_id=run_id, kind=recipe.kind, model=recipe.model.name, name=recipe.name,
+                    smoke=is_smoke(dataclasses.asdict(recipe)), corpus=recipe.data.corpus,
+                    objective=recipe.objective.type, recipe_hash=recipe_hash(recipe))
+
+
+def run_lm(recipe: Recipe, run_id: str | None = None, resume: bool = False) -> LMRecord:
     """Train and evaluate one LM recipe (already resolved); returns the written record.
 
     With `resume`, `run_id` names a run whose checkpoints/<run_id>/ holds Trainer checkpoints; training
-    continues from the newest one. A failure is recorded as status 'failed' with its reason and re-raised.
-    In a multi-process launch every rank calls this; only global rank 0 writes files (zoo.deepspeed).
+    continues from the newest one, and the record keeps the earlier segments' times. A failure is
+    recorded as status 'failed' with its reason and re-raised; a user mistake found while setting up
+    (outputs, data, model, resume) is raised before anything is recorded. In a multi-process launch every
+    rank calls this; only global rank 0 writes files (zoo.train.lifecycle).
     """
-    started, t0 = now_iso(), time.monotonic()
-    run_id, started = _agree_on_run(run_id or new_run_id(recipe.name), started)
-    output_dir = paths.checkpoints_dir() / run_id
-    record_dir = run_dir(recipe.kind, run_id)
-    record: dict[str, Any] = {
-        "run_id": run_id, "kind": recipe.kind, "name": recipe.name, "status": "running", "reason": None,
-        "smoke": recipe.smoke, "model": recipe.model.name, "corpus": recipe.data.corpus,
-        "objective": recipe.objective.type, "recipe_hash": recipe_hash(recipe), "recipe": RECIPE_FILE,
-        "started_at": started,
-    }
+    run_id, started = _agree_on_run(run_id or new_run_id(recipe.name), now_iso())
+    output_dir, record_dir = paths.checkpoints_dir() / run_id, run_dir(recipe.kind, run_id)
+    earlier = read_if_readable(record_dir / RECORD_FILE, LMRecord) if resume else None
+    record = new_lm_record(recipe, run_id)
+    run = RunLifecycle(record, record_dir, output_dir, recipe_yaml(recipe), earlier.segments if earlier else [])
     set_seed(recipe.train.seed)
     trainer: ZooTrainer | None = None
-    main = is_main_rank()
-    training_started = False
+    training = False
     try:
-        tokenizer = load_tokenizer(recipe.tokenizer.name)
-        data = lm_data(recipe, tokenizer)
-        model = build_model(recipe, tokenizer)
-        ds_config = _engine_config(recipe, model, record_dir if main else None)
-        if ds_config is not None:
-            record["deepspeed_config"] = DEEPSPEED_CONFIG_FILE
-        args = training_arguments(recipe, output_dir, ds_config)
-        if main:
-            output_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write(output_dir / RECIPE_FILE, recipe_yaml(recipe))
-        trainer = ZooTrainer(model=model, args=args, train_dataset=data.train, eval_dataset=data.eval,
-                             data_collator=data.collate, objective=recipe.objective.type)
-        if isinstance(data.collate, MLMCollator):
-            trainer.add_callback(EpochCallback(data.collate.clock))
-        tokens_at_start = TokensAtStart()
-        trainer.add_callback(tokens_at_start)
-        record.update(params=count_parameters(model), data={
-            "fingerprint": data.fingerprint, "train_tokens": data.train_tokens, "eval_tokens": data.eval_tokens,
-            "train_blocks": len(data.train), "eval_blocks": len(data.eval), "block_size": recipe.data.block_size})
         checkpoint = get_last_checkpoint(str(output_dir)) if resume and output_dir.is_dir() else None
         if resume and checkpoint is None:
             raise ZooError(f"--resume: no checkpoint under {output_dir}")
-        training_started = True
-        if recipe.kind == "finetune":
-            before = trainer.evaluate(metric_key_prefix="before")
-            record["before"] = {"eval_loss": before["before_loss"], "perplexity": before["before_perplexity"]}
-        record["resumed"] = checkpoint is not None
-        record["resumed_from_step"] = int(checkpoint.rsplit("-", 1)[-1]) if checkpoint else None
-        t_train = time.monotonic()
-        trainer.train(resume_from_checkpoint=checkpoint)
-        train_time = time.monotonic() - t_train
-        final = evaluation_at_last_step(trainer) or trainer.evaluate()
-        trainer.save_model(str(output_dir / "final"))  # every rank: ZeRO-3 gathers the weights; rank 0 writes
-        if main:
-            tokenizer.save_pretrained(str(output_dir / "final"))
-        record.update(_summary(trainer, recipe, final, train_time, tokens_at_start.tokens))
-        record.update(status="ok", checkpoint=str(Path("checkpoints") / run_id / "final"))
+        run.begin(started, from_step=int(checkpoint.rsplit("-", 1)[-1]) if checkpoint else None)
+        tokenizer = load_tokenizer(recipe.tokenizer.name)
+        data = lm_data(recipe, tokenizer)
+        trainer = _trainer(run, recipe, data, build_model(recipe, tokenizer), output_dir)
+        training = True
+        _train(run, trainer, recipe, tokenizer, checkpoint)
+        run.succeed()
     except (Exception, KeyboardInterrupt) as exc:
-        if isinstance(exc, ZooError) and not training_started:
-            raise  # a user mistake found while setting up (data, model, resume): no run, so no record
-        if is_distributed_launch():
-            ignore_sigterm()
-        reason = failure_reason(exc, output_dir, started)
-        record.update(status="failed", reason=" ".join(reason.split())[:500])
+        if isinstance(exc, ZooError) and not training:
+            raise
         if trainer is not None:
-            record["history"] = history(trainer.state.log_history)
-            record["steps"] = trainer.state.global_step
-        if main:
-            _finish(record, record_dir, recipe, t0)
-        else:
-            note_failure(output_dir, started, record["reason"])
-        if isinstance(exc, ZooError):
+            record.history, record.steps = history(trainer.state.log_history), trainer.state.global_step
+        run.fail(exc)
+        if isinstance(exc, (ZooError, KeyboardInterrupt)):
             raise
-        if isinstance(exc, KeyboardInterrupt):
-            raise
-        raise TrainingFailed(f"run {run_id} failed: {record['reason']}") from exc
-    if main:
-        _finish(record, record_dir, recipe, t0)
+        raise TrainingFailed(f"run {run_id} failed: {record.reason}") from exc
+    if run.failed:
+        raise TrainingFailed(f"run {run_id} failed: {record.reason}")
     return record
+
+
+def _trainer(run: RunLifecycle, recipe: Recipe, data: LMData, model: Any, output_dir: Path) -> ZooTrainer:
+    """The run's Trainer (DeepSpeed when asked or launched); the run's recipe saved beside its checkpoints."""
+    record, main = run.record, run.main
+    engine = engine_config(recipe.train, recipe.deepspeed, model, run.record_dir if main else None)
+    record.deepspeed_config = DEEPSPEED_CONFIG_FILE if engine is not None else None
+    if main:
+        atomic_write(output_dir / RECIPE_FILE, run.recipe_yaml)
+    trainer = ZooTrainer(model=model, args=lm_training_arguments(recipe, output_dir, engine), train_dataset=data.train,
+                         eval_dataset=data.eval, data_collator=data.collate, objective=recipe.objective.type)
+    if isinstance(data.collate, MLMCollator):
+        trainer.add_callback(EpochCallback(data.collate.clock))
+    record.params = count_parameters(model)
+    record.data = {"fingerprint": data.fingerprint, "train_tokens": data.train_tokens, "eval_tokens": data.eval_tokens,
+                   "train_blocks": len(data.train), "eval_blocks": len(data.eval), "block_size": recipe.data.block_size}
+    return trainer
+
+
+def _train(run: RunLifecycle, trainer: ZooTrainer, recipe: Recipe, tokenizer: Any, checkpoint: str | None) -> None:
+    """The work of an LM run; fills `run.record` as it goes (so a failure keeps what was learnt)."""
+    record = run.record
+    tokens_at_start = TokensAtStart()
+    trainer.add_callback(tokens_at_start)
+    if recipe.kind == "finetune":
+        before = trainer.evaluate(metric_key_prefix="before")
+        record.before = LMMetrics(eval_loss=before["before_loss"], perplexity=before["before_perplexity"])
+    record.resumed, record.resumed_from_step = checkpoint is not None, record.segments[-1].from_step
+    t_train = time.monotonic()
+    trainer.train(resume_from_checkpoint=checkpoint)
+    train_time = time.monotonic() - t_train
+    final = evaluation_at_last_step(trainer) or trainer.evaluate()
+    final_dir = paths.run_checkpoint(record.run_id)
+    trainer.save_model(str(final_dir))  # every rank: ZeRO-3 gathers the weights; rank 0 writes
+    if run.main:
+        tokenizer.save_pretrained(str(final_dir))
+    _summarise(record, trainer, recipe, final, train_time, tokens_at_start.tokens)
+    record.checkpoint = str(Path("checkpoints") / record.run_id / paths.FINAL_CHECKPOINT)  # as ZOO_CHECKPOINT_DIR
 
 
 def evaluation_at_last_step(trainer: ZooTrainer) -> dict[str, Any] | None:
@@ -343,72 +290,33 @@ def _agree_on_run(run_id: str, started: str) -> tuple[str, str]:
     return shared_from_main((run_id, started))
 
 
-def _engine_config(recipe: Recipe, model: Any, record_dir: Path | None) -> dict[str, Any] | None:
-    """The DeepSpeed config when DeepSpeed runs (recipe or multi-process launch), saved into `record_dir`."""
-    if not (recipe.deepspeed.enabled or is_distributed_launch()):
-        return None
-    as_single_rank()
-    config = deepspeed_config(recipe.train, recipe.deepspeed, world_size(), **precision_flags(recipe.train.precision),
-                              hidden_size=getattr(model.config, "hidden_size", None),
-                              pin_memory=torch.cuda.is_available())
-    if record_dir is not None:
-        save_config(config, record_dir)
-    return config
-
-
-def _summary(trainer: ZooTrainer, recipe: Recipe, final: dict[str, float], train_time: float,
-             tokens_at_start: int) -> dict[str, Any]:
+def _summarise(record: LMRecord, trainer: ZooTrainer, recipe: Recipe, final: dict[str, float], train_time: float,
+               tokens_at_start: int) -> None:
     args = trainer.args
     tokens = int(trainer.state.num_input_tokens_seen)  # every micro-batch of every rank, counted
     train_losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
-    return {
-        "steps": trainer.state.global_step,
-        "tokens_seen": tokens,
-        "tokens_per_s": (tokens - tokens_at_start) / train_time if train_time > 0 else None,
-        "train_time_s": round(train_time, 2),
-        "metrics": {
-            "eval_loss": final["eval_loss"],
-            "perplexity": final["eval_perplexity"],
-            "eval_tokens": final["eval_tokens"],
-            "train_loss": train_losses[-1] if train_losses else None,
-        },
-        "history": history(trainer.state.log_history),
-        "launch": {"world_size": args.world_size, "deepspeed": args.deepspeed is not None,
-                   "zero_stage": recipe.deepspeed.zero_stage if args.deepspeed else None,
-                   "engine": type(trainer.model_wrapped).__name__},
-    }
+    record.steps = trainer.state.global_step
+    record.tokens_seen = tokens
+    record.tokens_per_s = (tokens - tokens_at_start) / train_time if train_time > 0 else None
+    record.train_time_s = round(train_time, 2)
+    record.metrics = LMMetrics(eval_loss=final["eval_loss"], perplexity=final["eval_perplexity"],
+                               eval_tokens=int(final["eval_tokens"]),
+                               train_loss=train_losses[-1] if train_losses else None)
+    record.history = history(trainer.state.log_history)
+    record.launch = {"world_size": args.world_size, "deepspeed": args.deepspeed is not None,
+                     "zero_stage": recipe.deepspeed.zero_stage if args.deepspeed else None,
+                     "engine": type(trainer.model_wrapped).__name__}
 
 
-def _finish(record: dict[str, Any], record_dir: Path, recipe: Recipe, t0: float) -> None:
-    record.update(finished_at=now_iso(), wall_time_s=round(time.monotonic() - t0, 2), environment=environment())
-    record_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write(record_dir / RECIPE_FILE, recipe_yaml(recipe))
-    write_record(record_dir, _finite(record))
-
-
-def _finite(value: Any) -> Any:
-    """JSON has no NaN/inf: write them as strings so records stay valid JSON."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    return value
-
-
-def evaluate_checkpoint(recipe: Recipe, checkpoint: str) -> dict[str, float]:
-    """Perplexity of a saved checkpoint on the recipe's evaluation set (same blocks, same fixed masks)."""
-    import dataclasses
-
-    from zoo.data.tokenization import load_tokenizer as load
-
-    tokenizer = load(checkpoint) if (Path(checkpoint) / "tokenizer_config.json").is_file() else load(
-        recipe.tokenizer.name)
+def evaluate_checkpoint(recipe: Recipe, model: str) -> dict[str, float]:
+    """Perplexity of a saved model (run id, directory, ...) on the recipe's evaluation set (same blocks, same
+    fixed masks)."""
+    ref = resolve_model(model)
+    tokenizer = load_tokenizer(ref.tokenizer(recipe.tokenizer.name if not ref.has_own_tokenizer else ""))
     data = lm_data(recipe, tokenizer)
-    pretrained = dataclasses.replace(recipe, model=dataclasses.replace(recipe.model, name=checkpoint,
+    pretrained = dataclasses.replace(recipe, model=dataclasses.replace(recipe.model, name=ref.source,
                                                                          init="pretrained", config={}))
-    model = build_model(pretrained, tokenizer)
+    built = build_model(pretrained, tokenizer)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    return lm_metrics(model.to(device), data.eval, data.collate, recipe.eval.batch_size,
+    return lm_metrics(built.to(device), data.eval, data.collate, recipe.eval.batch_size,
                       recipe.objective.type, device=device)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import socket
 from pathlib import Path
 from typing import Any
@@ -34,24 +33,9 @@ def is_main_rank() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-
-
 class RankTerminated(Exception):
-    """This rank was told to stop (SIGTERM), normally by the launcher after another rank failed."""
-
-
-def stop_on_sigterm() -> None:
-    """Turn SIGTERM into an exception, so that rank 0 still records why the run stopped."""
-
-    def handler(signum: int, frame: Any) -> None:
-        raise RankTerminated("stopped by the launcher (SIGTERM): another process of the launch failed or was stopped")
-
-    signal.signal(signal.SIGTERM, handler)
-
-
-def ignore_sigterm() -> None:
-    """While a failure is being recorded: the launcher's SIGTERM must not cut the record short."""
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    """This process was told to stop (SIGTERM): in a launch, normally by the launcher after another rank
+    failed (zoo.train.lifecycle turns the signal into this exception)."""
 
 
 def free_port() -> int:

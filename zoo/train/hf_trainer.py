@@ -1,0 +1,101 @@
+"""The HF Trainer wiring every zoo run shares: training arguments, the DeepSpeed engine, precision, and
+the non-finite-loss stop.
+
+LM runs (`zoo.train.lm`) and GLUE cells (`zoo.glue.finetune`) differ only in what they log, evaluate
+and save; how a recipe's `train` section becomes `TrainingArguments`, when DeepSpeed runs and with
+which config, and how a NaN loss stops training (on every rank at the same step) are decided here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import TrainingArguments
+
+from zoo.errors import ZooError
+from zoo.recipe.common import DeepSpeedSection, TrainSection
+from zoo.train.deepspeed import deepspeed_config, save_config
+from zoo.train.ranks import as_single_rank, is_distributed_launch, world_size
+
+
+class NonFiniteLoss(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+def precision_flags(precision: str) -> dict[str, bool]:
+    """TrainingArguments bf16/fp16 flags; 'auto' picks bf16 on a GPU that supports it, else fp32."""
+    if precision == "auto":
+        precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
+    if precision != "fp32" and not torch.cuda.is_available():
+        raise ZooError(f"train.precision={precision} needs a GPU; use fp32 or auto on CPU")
+    return {"bf16": precision == "bf16", "fp16": precision == "fp16"}
+
+
+def optimisation_arguments(t: TrainSection, eval_batch_size: int) -> dict[str, Any]:
+    """The TrainingArguments that a recipe's `train` section decides."""
+    return {
+        "per_device_train_batch_size": t.batch_size,
+        "per_device_eval_batch_size": eval_batch_size,
+        "gradient_accumulation_steps": t.grad_accum,
+        "learning_rate": t.lr,
+        "weight_decay": t.weight_decay,
+        "adam_beta2": t.adam_beta2,
+        "warmup_steps": t.warmup if t.warmup < 1 else int(t.warmup),
+        "lr_scheduler_type": t.schedule,
+        "max_steps": t.max_steps,
+        "num_train_epochs": t.epochs,
+        "seed": t.seed,
+        "data_seed": t.seed,
+        "max_grad_norm": t.max_grad_norm,
+        "dataloader_num_workers": t.dataloader_workers,
+        "logging_nan_inf_filter": False,
+        "remove_unused_columns": False,
+        "report_to": [],
+        "use_cpu": not torch.cuda.is_available(),
+        **precision_flags(t.precision),
+    }
+
+
+def training_arguments(output_dir: Path | str, t: TrainSection, eval_batch_size: int,
+                       engine: dict[str, Any] | None, **schedule: Any) -> TrainingArguments:
+    """`TrainingArguments` from `train` (per process), the DeepSpeed config (None: none) and the run kind's
+    logging / evaluation / saving schedule."""
+    return TrainingArguments(output_dir=str(output_dir), **optimisation_arguments(t, eval_batch_size),
+                             deepspeed=engine, **schedule)
+
+
+def engine_config(t: TrainSection, ds: DeepSpeedSection, model: Any, record_dir: Path | None) -> dict[str, Any] | None:
+    """The DeepSpeed config when DeepSpeed runs (the recipe asks for it, or a multi-process launch), saved as
+    deepspeed.json into `record_dir` (None: not saved); None when the plain Trainer runs."""
+    if not (ds.enabled or is_distributed_launch()):
+        return None
+    as_single_rank()
+    config = deepspeed_config(t, ds, world_size(), **precision_flags(t.precision),
+                              hidden_size=getattr(model.config, "hidden_size", None),
+                              pin_memory=torch.cuda.is_available())
+    if record_dir is not None:
+        save_config(config, record_dir)
+    return config
+
+
+class StopOnNonFiniteLoss:
+    """Trainer mixin: a NaN or infinite training loss stops training with `NonFiniteLoss`.
+
+    In a multi-process launch the check is gathered across ranks, so every rank stops at the same step
+    and the launch stays in step (a rank stopping alone would leave the others waiting for it).
+    """
+
+    args: Any
+    accelerator: Any
+    state: Any
+
+    def training_step(self, model: Any, inputs: Any, num_items_in_batch: Any = None) -> torch.Tensor:
+        loss = super().training_step(model, inputs, num_items_in_batch)  # type: ignore[misc]
+        finite = torch.isfinite(loss.detach()).all()
+        if self.args.world_size > 1:
+            finite = self.accelerator.gather(finite.reshape(1).to(torch.int64)).min().bool()
+        if not finite:
+            raise NonFiniteLoss(f"training loss became {loss.item()} at step {self.state.global_step + 1}")
+        return loss
