@@ -1,6 +1,6 @@
 """The fast paths compute what the reference computation does: same losses, same gradients, same ids.
 
-zoo.modeling: the fused linear + cross-entropy (LinearCrossEntropy), the sparse MLM classes and the
+zoo.model.modeling: the fused linear + cross-entropy (LinearCrossEntropy), the sparse MLM classes and the
 fused CLM class, against F.cross_entropy and the plain Hugging Face models. zoo.data.packing.token_ids against
 the tokenizer's own call. Checkpoints of the fast classes are plain HF directories.
 """

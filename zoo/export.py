@@ -21,8 +21,9 @@ from zoo import __version__, paths
 from zoo.errors import ZooError
 from zoo.model.inference import LoadedModel, load_model, max_positions
 from zoo.model.registry import find_model_spec
-from zoo.record.schema import LMRecord
-from zoo.record.store import RECIPE_FILE, find_run
+from zoo.model.resolve import resolve_model
+from zoo.record.schema import RECIPE_FILE, LMRecord
+from zoo.record.store import find_run
 
 PIPELINE_TAGS = {"mlm": "fill-mask", "clm": "text-generation"}
 OFFSET_POSITIONS = ("roberta", "xlm-roberta", "camembert")  # positions start after padding_idx + 1
@@ -31,14 +32,12 @@ OFFSET_POSITIONS = ("roberta", "xlm-roberta", "camembert")  # positions start af
 # --------------------------------------------------------------------------- the run behind a model
 
 
-def run_record(name: str, source: str) -> tuple[Path, LMRecord] | None:
-    """(record directory, record) of the zoo run `name` names or whose checkpoint `source` is.
+def run_record(name: str) -> tuple[Path, LMRecord] | None:
+    """(record directory, record) of the zoo run `name` names (a run id, or its checkpoint directory).
 
     Only pretraining and continued-training runs leave a model to export; a GLUE cell saves none."""
-    found = find_run(name)
-    checkpoint = Path(source)
-    if found is None and checkpoint.name == "final" and checkpoint.parent.parent == paths.checkpoints_dir():
-        found = find_run(checkpoint.parent.name)
+    run_id = resolve_model(name).run_id
+    found = find_run(run_id) if run_id else None
     if found is None or not isinstance(found[1], LMRecord):
         return None
     path, record = found
@@ -210,7 +209,7 @@ def export_model(name: str, target: Path, force: bool = False, repo: str | None 
     """Write `name` (run id, checkpoint, registry name or hub id) to `target` as a standalone model dir."""
     check_target(target, force)
     loaded = load_model(name)
-    found = run_record(name, loaded.source)
+    found = run_record(name)
     record_dir, record = found if found else (None, None)
     recipe = read_recipe(record_dir)
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,7 @@ from zoo.paths import checkpoints_dir
 from zoo.recipe.common import read_yaml
 from zoo.recipe.lm import Recipe, compose, load_recipe, resolve
 from zoo.recipe.schema import field_docs
-from zoo.record.store import RECIPE_FILE
+from zoo.record.schema import RECIPE_FILE
 from zoo.train.launch import add_launch_options, maybe_relaunch
 from zoo.train.ranks import is_main_rank, leave_launch
 

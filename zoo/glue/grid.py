@@ -1,4 +1,4 @@
-"""The GLUE grid: plan the cells, run what is missing, in parallel processes if asked, summarise.
+"""The GLUE grid: run the planned cells that are missing, one after another or in parallel processes.
 
 Resumable: a cell is done when `results/glue/<tag>/<task>/<cell-id>/run.json` says `status: ok`; the
 cell id ends in the hash of the cell's resolved recipe, so re-running the same command skips every
@@ -14,7 +14,7 @@ fails is not retried until the next invocation.
 Workers (`--workers N`) are processes started with `spawn`; each takes cells from a shared queue.
 With GPUs, worker i sees only GPU i mod #GPUs; on CPU each worker gets cores // N torch threads.
 
-Launched (`zoo glue ... --nproc N`, see zoo.launch), the ranks walk the same cells one after the
+Launched (`zoo glue ... --nproc N`, see zoo.train.launch), the ranks walk the same cells one after the
 other and train each one together (data parallel through DeepSpeed); rank 0 takes the claims, makes
 every decision and broadcasts it, and alone writes records and summaries.
 """

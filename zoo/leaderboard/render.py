@@ -9,7 +9,6 @@ folder their links are relative to differ.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -19,11 +18,10 @@ from tabulate import tabulate
 from zoo.leaderboard.glue_view import GLUE_COLUMNS, GlueLine, Setting, TaskGrid, zoo_glue_lines
 from zoo.leaderboard.load import Board, display_name
 from zoo.leaderboard.text import NONE, Links, decimal, duration, human_count, learning_rate, percent
-from zoo.model.registry import find_model_spec
+from zoo.model.resolve import hub_page
 from zoo.record.schema import RECORD_FILE
 
 SECTIONS = ("pretrain", "finetune", "glue", "grids")
-HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")  # owner/name, as opposed to a local path
 
 
 def render_table(frame: pd.DataFrame, right: Sequence[str] = ()) -> str:
@@ -110,8 +108,7 @@ def model_link(board: Board, tag: str, model: str, links: Links) -> str:
             record = board.root / kind / candidate / RECORD_FILE
             if candidate and record.is_file():
                 return links.md(tag, record)
-    spec = find_model_spec(model)
-    hub_id = spec.hub_id if spec else (model if HUB_ID.fullmatch(model) else "")
+    hub_id = hub_page(model)
     return f"[{tag}](https://huggingface.co/{hub_id})" if hub_id else tag
 
 

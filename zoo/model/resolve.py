@@ -64,6 +64,18 @@ def display_tag(name: str) -> str:
     return tag or "model"
 
 
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")  # owner/name, as opposed to a local path
+
+
+def hub_page(name: str) -> str:
+    """The hub id whose page describes `name` (a registry name's hub id, or a hub id itself); '' for anything
+    else. Pure: looks at no file, so a renderer can use it on any recorded model name."""
+    spec = find_model_spec(name)
+    if spec is not None:
+        return spec.hub_id
+    return name if HUB_ID.fullmatch(name) and not Path(name).is_absolute() else ""
+
+
 @dataclass(frozen=True)
 class ModelRef:
     """A resolved model reference; see the module docstring."""

@@ -5,7 +5,7 @@ minus the launch flags, in every rank:
 
     python -m deepspeed.launcher.runner --no_local_rank --master_port P --num_gpus 2 --module zoo pretrain ...
 
-The launcher sets RANK / LOCAL_RANK / WORLD_SIZE in each rank; `zoo.deepspeed.is_distributed_launch`
+The launcher sets RANK / LOCAL_RANK / WORLD_SIZE in each rank; `zoo.train.ranks.is_distributed_launch`
 then turns DeepSpeed on, and `ZOO_LAUNCHED` marks the ranks so that none of them launches again.
 A command that supports launching calls `add_launch_options(parser)` once and, after checking its
 inputs, `maybe_relaunch(args)`: it returns None when the command should just run here, otherwise

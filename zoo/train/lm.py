@@ -312,7 +312,7 @@ def evaluate_checkpoint(recipe: Recipe, model: str) -> dict[str, float]:
     """Perplexity of a saved model (run id, directory, ...) on the recipe's evaluation set (same blocks, same
     fixed masks)."""
     ref = resolve_model(model)
-    tokenizer = load_tokenizer(ref.tokenizer(recipe.tokenizer.name if not ref.has_own_tokenizer else ""))
+    tokenizer = load_tokenizer(ref.tokenizer() if ref.has_own_tokenizer else recipe.tokenizer.name)
     data = lm_data(recipe, tokenizer)
     pretrained = dataclasses.replace(recipe, model=dataclasses.replace(recipe.model, name=ref.source,
                                                                          init="pretrained", config={}))
