@@ -24,14 +24,20 @@ def atomic_write(path: Path, text: str) -> None:
 
 
 def check_writable(directory: Path, what: str) -> None:
-    """Make `directory` (and its parents) and prove a file can be created in it, before any work is done;
-    a one-line ZooError naming the location otherwise."""
+    """Prove that `directory` can be made and written, before any work is done, leaving nothing behind: a
+    probe file is created and removed in its nearest existing ancestor. A one-line ZooError otherwise."""
     from zoo.errors import ZooError
 
+    existing = directory
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
     try:
-        directory.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=directory, prefix=".zoo-write-check.")
+        if not existing.is_dir():
+            raise NotADirectoryError(20, "not a directory", str(existing))
+        fd, probe = tempfile.mkstemp(dir=existing, prefix=".zoo-write-check.")
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:
-        raise ZooError(f"{directory}: cannot write {what} there ({exc.strerror or exc})") from None
+        where = f" ({exc.filename} is {exc.strerror.lower()})" if exc.filename and exc.filename != str(directory) \
+            else f" ({exc.strerror or exc})"
+        raise ZooError(f"{directory}: cannot write {what} there{where}") from None

@@ -1,4 +1,8 @@
-"""`zoo ls` (what exists) and `zoo validate` (check every recipe without running anything)."""
+"""`zoo ls` (what exists) and `zoo validate` (check recipes without running anything).
+
+`zoo validate` with no files checks every shipped recipe (recipes/*/*.yaml); given files, it checks
+those, wherever they are (a run's saved recipe.yaml too), by the kind each declares.
+"""
 
 from __future__ import annotations
 
@@ -36,16 +40,24 @@ def list_everything(_: argparse.Namespace) -> int:
     return 0
 
 
+def check_file(path: Path) -> str | None:
+    """None when recipe file `path` is valid, else the one-line reason, naming the file."""
+    try:
+        validate_file(path)
+    except ZooError as exc:
+        message = str(exc)
+        return message if message.startswith(str(path)) else f"{path}: {message}"
+    return None
+
+
 def validate(args: argparse.Namespace) -> int:
+    """Print `ok FILE` or `invalid FILE: reason` per recipe file and a count; exit status 2 if any is invalid."""
     files = [Path(f) for f in args.files] or sorted(paths.recipes_dir().glob("*/*.yaml"))
     failures = 0
     for path in files:
-        try:
-            validate_file(path)
-            print(f"ok      {path}")
-        except ZooError as exc:
-            failures += 1
-            print(f"invalid {exc}")
+        problem = check_file(path)
+        failures += problem is not None
+        print(f"ok      {path}" if problem is None else f"invalid {problem}")
     print(f"{len(files) - failures} valid, {failures} invalid")
     return 2 if failures else 0
 
@@ -55,5 +67,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     ls.add_argument("--data-dir", metavar="DIR", help="local data mirror (default: $ZOO_DATA_DIR)")
     ls.set_defaults(func=list_everything)
     check = sub.add_parser("validate", help="load and check recipes (default: every file in recipes/)")
-    check.add_argument("files", nargs="*", help="recipe files (default: recipes/*/*.yaml)")
+    check.add_argument("files", nargs="*",
+                       help="recipe files, e.g. a run's results/pretrain/<run>/recipe.yaml (default: recipes/*/*.yaml)")
     check.set_defaults(func=validate)

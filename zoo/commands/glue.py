@@ -187,6 +187,15 @@ def check_launch(args: argparse.Namespace, cells: list[Any]) -> None:
                        "(GLUE batch sizes are global); choose another process count or grid")
 
 
+def check_outputs(cells: list[Any]) -> None:
+    """Every location the cells write to can be written, before any cell runs (a one-line error otherwise)."""
+    from zoo.files import check_writable
+
+    check_writable(cells[0].directory.parent.parent, "GLUE records")
+    check_writable(cells[0].work_dir.parent.parent, "GLUE predictions and rank notes")
+    check_writable(paths.cache_dir(), "the tokenized-data cache")
+
+
 def request_from_args(args: argparse.Namespace) -> Any:
     from zoo.glue.runner import GlueRequest
 
@@ -200,6 +209,7 @@ def run_command(args: argparse.Namespace) -> int:
     if args.list_tasks:
         return list_tasks()
     from zoo.glue.runner import cells_to_run, plan_cells
+    from zoo.model.loading import check_loadable
     from zoo.model.resolve import resolve_model
 
     request = request_from_args(args)
@@ -212,7 +222,8 @@ def run_command(args: argparse.Namespace) -> int:
         for cell in cells:
             print(f"{cell.directory}")
         return 0
-    _ = resolve_model(request.recipe.model.name).source  # a missing model is a user error (exit 2), not N failed cells
+    check_loadable(resolve_model(request.recipe.model.name))  # a missing or corrupt model: one error, not N cells
+    check_outputs(cells)
     check_launch(args, cells)
     launched = maybe_relaunch(args)  # checked cells, now run them in every rank of the launch
     if launched is not None:
@@ -250,9 +261,7 @@ def run_planned(request: Any, cells: list[Any], todo: int) -> int:
         progress.close()
     report = result.report
     if main:
-        print(f"\nran {len(report.outcomes) - report.count('done') - report.count('busy')} cell(s) "
-              f"({report.count('ok')} ok, {report.count('failed')} failed), skipped {report.skipped_done} "
-              f"finished, in {elapsed(t0)}")
+        print(f"\n{run_line(report)}, in {elapsed(t0)}")
         if request.grid:
             print_summary(result.summary, tasks)
         else:
@@ -262,6 +271,16 @@ def run_planned(request: Any, cells: list[Any], todo: int) -> int:
             print(f"\nsubmission: {', '.join(result.files)} in {where} (zipped: {result.submission})")
     leave_launch()
     return 1 if report.count("failed") else 0
+
+
+def run_line(report: Any) -> str:
+    """'ran 2 cell(s) (2 ok, 0 failed), skipped 3 finished[, 1 running elsewhere]': cells found done when
+    claimed (another grid finished them meanwhile) count as skipped, as those done before the start do."""
+    ran = report.count("ok") + report.count("failed")
+    line = (f"ran {ran} cell(s) ({report.count('ok')} ok, {report.count('failed')} failed), "
+            f"skipped {report.skipped_done + report.count('done')} finished")
+    busy = report.count("busy")
+    return line + (f", {busy} running elsewhere" if busy else "")
 
 
 def run_mode_of(request: Any) -> str:

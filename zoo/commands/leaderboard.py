@@ -33,6 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run_command(args: argparse.Namespace) -> int:
     from zoo import paths
+    from zoo.files import check_writable
     from zoo.leaderboard import load, outputs, readme
 
     readme_file = Path(args.readme) if args.readme else None
@@ -46,9 +47,14 @@ def run_command(args: argparse.Namespace) -> int:
         hint = f"zoo leaderboard{f' --readme {readme_file}' if readme_file else ''}"
         print(f"run `{hint}` to regenerate" if problems else "leaderboard up to date")
         return 1 if problems else 0
-    changed = outputs.write_leaderboard(board)
-    target = board.root / load.LEADERBOARD_FILE
-    print(f"{target}: {'updated' if changed else 'unchanged'} ({len(board.lm)} LM runs, {len(board.cells)} GLUE cells)")
-    if readme_file is not None:
-        print(f"{readme_file}: {'updated' if readme.write_readme(board, readme_file) else 'unchanged'}")
+    check_writable(board.root, "the leaderboard")
+    try:
+        changed = outputs.write_leaderboard(board)
+        target = board.root / load.LEADERBOARD_FILE
+        print(f"{target}: {'updated' if changed else 'unchanged'} ({len(board.lm)} LM runs, "
+              f"{len(board.cells)} GLUE cells)")
+        if readme_file is not None:
+            print(f"{readme_file}: {'updated' if readme.write_readme(board, readme_file) else 'unchanged'}")
+    except OSError as exc:  # every file is replaced whole: what was written before stays as it was
+        raise ZooError(f"{exc.filename or board.root}: cannot write it ({exc.strerror or exc})") from None
     return 0

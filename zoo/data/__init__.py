@@ -1,0 +1,1 @@
+"""Data: corpora and their mirror layouts, tokenizers, the one cache builder, LM packing and MLM masking."""

@@ -1,2 +1,3 @@
-"""GLUE fine-tuning: task registry (tasks), metrics, data (read, tokenize once, cache), one cell
-(finetune), the resumable parallel grid and its summary (grid), and submission files (predict)."""
+"""GLUE fine-tuning: the task registry (tasks), data (read, tokenize once, cache), metrics, a cell as plain
+data (cell), one cell's training (finetune), the grid (grid), selection rules and summaries (selection,
+summary), the library call the CLI wraps (runner), progress display (progress), submission files (predict)."""

@@ -40,6 +40,7 @@ from zoo.glue.metrics import predictions_from_outputs, task_metrics, task_score
 from zoo.glue.predict import write_predictions
 from zoo.glue.progress import cell_progress
 from zoo.glue.tasks import GlueTask
+from zoo.model.loading import load_pretrained
 from zoo.model.registry import count_parameters
 from zoo.model.resolve import resolve_model
 from zoo.recipe.common import DeepSpeedSection, TrainSection, is_smoke
@@ -64,8 +65,8 @@ def load_classifier(recipe: GlueRecipe, task: GlueTask, tokenizer: Any) -> torch
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # "newly initialized classifier weights" is the point, not news
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(
-            resolve_model(recipe.model.name).source, num_labels=task.num_labels, ignore_mismatched_sizes=True, **labels)
+        model = load_pretrained(AutoModelForSequenceClassification, resolve_model(recipe.model.name),
+                                num_labels=task.num_labels, ignore_mismatched_sizes=True, **labels)
     finally:
         hf_logging.set_verbosity(verbosity)
     if model.config.pad_token_id is None:  # GPT-2 style models find the last real token through it

@@ -22,6 +22,7 @@ every decision and broadcasts it, and alone writes records and summaries.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import fcntl
 import multiprocessing
 import os
@@ -44,6 +45,7 @@ from zoo.record.store import now_iso
 from zoo.train.ranks import RankTerminated, is_distributed_launch, is_main_rank, shared_from_main
 
 LOCK_FILE = ".lock"
+PR_SET_PDEATHSIG = 1  # prctl(2)
 
 
 @dataclass
@@ -165,11 +167,21 @@ def _stop_on_sigterm(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt  # the cell in progress is recorded as failed ('interrupted')
 
 
+def die_with_parent(parent: int) -> None:
+    """Have the kernel send this process SIGTERM when its parent dies (Linux), however the parent dies: a
+    worker must never go on training and writing records for a grid nobody runs any more."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:  # the parent died before the request above took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def _worker(cells: Any, outcomes: Any, threads: int, parent: int, predict_test: bool, force: bool) -> None:
     """A worker process: take cells from the queue until the end marker (or the parent is gone)."""
     import torch
 
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    die_with_parent(parent)
     torch.set_num_threads(threads)
     try:
         while True:

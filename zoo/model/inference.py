@@ -12,7 +12,6 @@ from typing import Any
 
 import torch
 from transformers import (
-    AutoConfig,
     AutoModelForCausalLM,
     AutoModelForMaskedLM,
     PretrainedConfig,
@@ -24,6 +23,7 @@ from transformers import (
 from zoo.data.masking import wordpiece_prefix
 from zoo.data.tokenization import load_tokenizer
 from zoo.errors import ZooError
+from zoo.model.loading import load_config, load_pretrained
 from zoo.model.registry import Objective
 from zoo.model.resolve import objective_of_config, resolve_model
 
@@ -49,19 +49,13 @@ def load_model(name: str) -> LoadedModel:
     """A run, checkpoint, registry model or hub model with its language-model head, in eval mode."""
     ref = resolve_model(name)
     source = ref.source
-    try:
-        config = AutoConfig.from_pretrained(source)
-    except (OSError, ValueError) as exc:
-        raise ZooError(f"model {name!r}: no readable config at {source} ({exc.__class__.__name__})") from None
+    config = load_config(ref, name)
     objective = objective_of_config(config.to_dict())
     if objective is None:
         heads = ", ".join(config.architectures or [config.model_type])
         raise ZooError(f"model {name!r} ({heads}) has no masked- or causal-LM head to generate or fill masks with")
     auto = AutoModelForMaskedLM if objective == "mlm" else AutoModelForCausalLM
-    try:
-        model = auto.from_pretrained(source, config=config)
-    except (OSError, ValueError) as exc:
-        raise ZooError(f"model {name!r} could not be loaded from {source}: {exc}") from None
+    model = load_pretrained(auto, ref, name, config=config)
     model.to(inference_device()).eval()
     return LoadedModel(name, source, objective, model, load_tokenizer(ref.tokenizer()))
 

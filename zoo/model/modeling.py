@@ -27,6 +27,7 @@ from transformers.modeling_outputs import CausalLMOutputWithCrossAttentions, Mas
 from transformers.models.roberta.modeling_roberta import gelu as roberta_gelu
 
 from zoo.errors import ZooError
+from zoo.model.loading import load_config, load_pretrained
 from zoo.model.registry import find_model_spec
 from zoo.model.resolve import resolve_model
 from zoo.recipe.lm import Recipe
@@ -293,12 +294,9 @@ def build_model(recipe: Recipe, tokenizer: Any) -> PreTrainedModel:
         config = scratch_config(recipe, len(tokenizer), tokenizer)
         cls = _model_class(auto, config.model_type)
         return cls.from_config(config) if cls is auto else cls(config)
-    source = resolve_model(recipe.model.name).source
-    try:
-        config = AutoConfig.from_pretrained(source, **recipe.model.config)
-        model = _model_class(auto, config.model_type).from_pretrained(source, config=config)
-    except (OSError, ValueError) as exc:
-        raise ZooError(f"model {recipe.model.name!r} could not be loaded from {source}: {exc}") from None
+    ref = resolve_model(recipe.model.name)
+    config = load_config(ref, **recipe.model.config)
+    model = load_pretrained(_model_class(auto, config.model_type), ref, config=config)
     if model.get_input_embeddings().num_embeddings < len(tokenizer):
         model.resize_token_embeddings(len(tokenizer))
     return model

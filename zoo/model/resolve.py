@@ -173,6 +173,30 @@ def objective_of_config(config: dict) -> Objective | None:
     return objective_of_model_type(str(config.get("model_type") or ""), bool(config.get("is_decoder")))
 
 
+OFFSET_POSITIONS = ("roberta", "xlm-roberta", "camembert")  # positions start after padding_idx + 1
+
+
+def position_limit(config: dict) -> int | None:
+    """Tokens a model accepts in one sequence, from its (HF) config: its position table, less RoBERTa's two
+    offset positions; None when the config does not say."""
+    for key in ("n_positions", "max_position_embeddings"):
+        value = config.get(key)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value - 2 if config.get("model_type") in OFFSET_POSITIONS else value
+    return None
+
+
+def model_config(name: str, scratch: bool, overrides: dict | None = None) -> dict:
+    """The config a recipe's model will have, as far as it is known before loading: the registry's architecture
+    (scratch; with the recipe's overrides), else the saved config.json of a local copy, else the registry's."""
+    spec = find_model_spec(name)
+    registry = {"model_type": spec.family, **spec.config} if spec else {}
+    if scratch:
+        return {**registry, **(overrides or {})}
+    saved = resolve_model(name).saved_config()
+    return {**(saved or registry), **(overrides or {})}
+
+
 def resolve_model(name: str) -> ModelRef:
     """The reference `name` makes (see the module docstring); a run with a record but no checkpoint, or an
     unusable directory, is a one-line error."""

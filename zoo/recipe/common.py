@@ -1,5 +1,10 @@
 """What every recipe kind shares: YAML files, dotted overrides, the opening fields, hashes, smoke runs.
 
+Recipe files are read strictly (`read_yaml`): a key given twice in one mapping, an empty file and a
+non-mapping are one-line errors naming the file (and the line). Overrides (`--set train.lr=3e-4`, or
+`--train.lr 3e-4`) may set a key once; `build_recipe` builds a kind's schema from a file and its
+overrides, and an error in a value an override gave names the override, not the file.
+
 The kinds themselves (`zoo.recipe.lm`: pretrain and finetune; `zoo.recipe.glue`) and the registry that
 maps a kind to its loader (`zoo.recipe.kinds`) build on this module; it imports nothing heavy.
 """
@@ -11,11 +16,16 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
+from yaml.constructor import ConstructorError
+from yaml.error import Mark
+from yaml.nodes import MappingNode
 
-from zoo.recipe.schema import RecipeError, setting
+from zoo.recipe.schema import RecipeError, build, key_path, setting
+
+T = TypeVar("T")
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 
@@ -64,40 +74,115 @@ class DeepSpeedSection:
     offload_params: bool = setting(False, doc="Keep parameters in CPU memory (ZeRO 3).")
 
 
+class DuplicateKeyError(ConstructorError):
+    """A mapping that holds the same key twice (YAML requires unique keys; PyYAML keeps the last)."""
+
+    def __init__(self, key: Any, first: Mark, again: Mark) -> None:
+        super().__init__(None, None, f"duplicate key {key!r}", again)
+        self.key, self.line = key, again.line + 1
+        self.first = f"line {first.line + 1}" if first.line != again.line else f"column {first.column + 1}"
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """`yaml.safe_load`'s loader, except that a mapping may not hold the same key twice.
+
+    Merge keys (`<<: *defaults`) keep their meaning: a key given explicitly may override a merged one.
+    """
+
+    def construct_mapping(self, node: MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, Any] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                first = seen.setdefault(key, key_node.start_mark)
+            except TypeError:  # an unhashable key: SafeLoader reports it below
+                continue
+            if first is not key_node.start_mark:
+                raise DuplicateKeyError(key, first, key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_yaml(text: str) -> Any:
+    """`yaml.safe_load(text)`, rejecting a key given twice in one mapping (`DuplicateKeyError`)."""
+    return yaml.load(text, Loader=UniqueKeyLoader)  # a SafeLoader subclass: safe
+
+
 def read_yaml(path: Path) -> dict[str, Any]:
-    """A YAML mapping from `path`, or a one-line RecipeError."""
+    """The YAML mapping in file `path`, or a one-line RecipeError naming the file.
+
+    Rejected: a missing or unreadable file, invalid YAML and a key given twice in one mapping (both with
+    the line), an empty or comment-only file (it would silently become a default run) and a top level that
+    is not a mapping. An explicit `{}` is a mapping: all defaults, on purpose.
+    """
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = load_yaml(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise RecipeError(f"{path}: no such recipe file") from None
+    except OSError as exc:  # a directory, no permission
+        raise RecipeError(f"{path}: cannot read the recipe file ({exc.strerror})") from None
+    except UnicodeDecodeError:
+        raise RecipeError(f"{path}: not a text file (not UTF-8)") from None
+    except DuplicateKeyError as exc:
+        raise RecipeError(f"{path}: line {exc.line}: duplicate key {exc.key!r} "
+                          f"(first at {exc.first})") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
         raise RecipeError(f"{path}:{where} not valid YAML ({getattr(exc, 'problem', exc)})") from None
     if data is None:
-        return {}
+        raise RecipeError(f"{path}: empty recipe file (no keys, only comments or blank lines)")
     if not isinstance(data, dict):
         raise RecipeError(f"{path}: a recipe must be a mapping of sections, got {type(data).__name__}")
     return data
 
 
+def override_label(text: str) -> str:
+    """How error messages name an override (`--set train.lr=abc`) or a key one set (`--set train.lr`)."""
+    return f"--set {text}"
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
-    """`train.lr=3e-4` -> (['train', 'lr'], 0.0003); the value is read as YAML."""
+    """`train.lr=3e-4` -> (['train', 'lr'], 0.0003); the value is read as YAML (a plain string if it is not
+    YAML, e.g. `data.paths=a:b`; a mapping with a key twice is an error)."""
     if "=" not in text:
-        raise RecipeError(f"override {text!r}: expected KEY=VALUE, e.g. train.lr=3e-4")
+        raise RecipeError(f"{override_label(text)}: expected KEY=VALUE, e.g. train.lr=3e-4")
     key, value = text.split("=", 1)
     parts = [p for p in key.strip().split(".") if p]
     if not parts:
-        raise RecipeError(f"override {text!r}: empty key")
+        raise RecipeError(f"{override_label(text)}: empty key")
     try:
-        parsed = yaml.safe_load(value) if value.strip() else ""
+        parsed = load_yaml(value) if value.strip() else ""
+    except DuplicateKeyError as exc:
+        raise RecipeError(f"{override_label(text)}: duplicate key {exc.key!r}") from None
     except yaml.YAMLError:
         parsed = value
     return parts, parsed
 
 
+def check_unique_overrides(overrides: list[str]) -> None:
+    """Each key set once, a RecipeError naming the key otherwise: `train.lr=1 train.lr=2`, a section
+    set after one of its keys (`train.lr=1 train={epochs: 2}` would drop the first) or a key set after a
+    section that already gives it (`train={lr: 1} train.lr=2`)."""
+    earlier: list[tuple[tuple[str, ...], Any, str]] = []
+    for text in overrides:
+        parts, value = parse_override(text)
+        keys = tuple(parts)
+        for before, before_value, before_text in earlier:
+            if before == keys or (keys[:len(before)] == before and _has_key(before_value, keys[len(before):])):
+                raise RecipeError(f"{override_label('.'.join(keys))} given twice ({before_text}, then {text}); "
+                                  "give each key once")
+            if len(before) > len(keys) and before[:len(keys)] == keys:
+                raise RecipeError(f"{override_label(text)} replaces section {'.'.join(keys)}, dropping the earlier "
+                                  f"{before_text}; give each key once")
+        earlier.append((keys, value, text))
+
+
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """A copy of `raw` with each dotted override set (validated later against the schema)."""
+    """A copy of `raw` with each dotted override set (validated later against the schema); a key set twice
+    is a RecipeError (`check_unique_overrides`)."""
+    check_unique_overrides(overrides)
     result = copy.deepcopy(raw)
     for text in overrides:
         parts, value = parse_override(text)
@@ -105,10 +190,52 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
         for part in parts[:-1]:
             child = node.setdefault(part, {})
             if not isinstance(child, dict):
-                raise RecipeError(f"override {text!r}: {part!r} is not a section")
+                raise RecipeError(f"{override_label(text)}: {part!r} is not a section")
             node = child
         node[parts[-1]] = value
     return result
+
+
+def _has_key(raw: Any, keys: tuple[str, ...]) -> bool:
+    """Whether nested mapping `raw` holds a value at `keys`."""
+    for key in keys:
+        if not isinstance(raw, dict) or key not in raw:
+            return False
+        raw = raw[key]
+    return True
+
+
+def blame_overrides(exc: RecipeError, raw: dict[str, Any], overrides: list[str]) -> RecipeError:
+    """`exc` (raised for `raw` with `overrides` applied) naming the override that gave the bad value.
+
+    An override owns everything at and below its key; a key above it (a section it created) is its own
+    when the file has no value there. Its error names the offending key after `--set`
+    (`--set train.lr: expected float, got 'abc'`, `--set train.lrr: unknown key 'lrr'; allowed: ...`), or,
+    for a check of the whole recipe, the override as given (`--set grid.lrs=[]: grid.lrs must list ...`).
+    Any other error is the file's, returned unchanged.
+    """
+    bad = exc.path
+    for text in reversed(overrides) if bad else ():  # the most specific (last applied) first
+        keys = tuple(parse_override(text)[0])
+        if bad[:len(keys)] == keys or (keys[:len(bad)] == bad and not _has_key(raw, bad)):
+            key = (exc.key if key_path(exc.key) == bad else ".".join(bad)) if exc.key else ""
+            label = override_label(key or text)
+            return RecipeError(f"{label}: {exc.problem}", source=label, key=key, path=bad, problem=exc.problem)
+    return exc
+
+
+def build_recipe(cls: type[T], raw: dict[str, Any], source: str, overrides: list[str] | None = None) -> T:
+    """Schema `cls` built from `raw` (read from `source`) with `overrides` applied.
+
+    A bad value in the file names the file (`x.yaml: train.lr: expected float, got 'abc'`), one that an
+    override gave names the override (`--set train.lr: expected float, got 'abc'`).
+    """
+    overrides = overrides or []
+    merged = apply_overrides(raw, overrides)
+    try:
+        return build(cls, merged, source)
+    except RecipeError as exc:
+        raise blame_overrides(exc, raw, overrides) from None
 
 
 def merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:

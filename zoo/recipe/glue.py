@@ -24,7 +24,7 @@ import yaml
 
 from zoo import paths
 from zoo.glue.tasks import TASKS, get_task
-from zoo.recipe.common import RecipeHead, TrainSection, apply_overrides, dict_hash, merge, read_yaml
+from zoo.recipe.common import RecipeHead, TrainSection, apply_overrides, blame_overrides, dict_hash, merge, read_yaml
 from zoo.recipe.schema import RecipeError, build, setting, to_dict
 
 DEFAULT_RECIPE = "classic"
@@ -79,10 +79,29 @@ def default_recipe_path() -> Path:
 def load_glue_recipe(path: Path | None = None, overrides: list[str] | None = None) -> GlueRecipe:
     """The recipe in `path` (default: the classic grid) with defaults filled in and overrides applied."""
     path = path or default_recipe_path()
-    raw = merge(GLUE_DEFAULTS, read_yaml(path))
-    recipe = build(GlueRecipe, apply_overrides(raw, overrides or []), str(path))
-    check(recipe, str(path))
+    return glue_recipe_from(read_yaml(path), str(path), overrides)
+
+
+def glue_recipe_from(raw: dict[str, Any], source: str, overrides: list[str] | None = None) -> GlueRecipe:
+    """A checked GlueRecipe from the mapping read from `source`, over `GLUE_DEFAULTS`, with `overrides`.
+
+    A bad key of the mapping names `source`, one an override gave names the override
+    (`--set train.lr: expected float, got 'fast'`).
+    """
+    overrides = overrides or []
+    raw = merge(GLUE_DEFAULTS, raw)
+    try:
+        recipe = build(GlueRecipe, apply_overrides(raw, overrides), source)
+        check(recipe, source)
+    except RecipeError as exc:
+        raise blame_overrides(exc, raw, overrides) from None
     return recipe
+
+
+def _grid_error(source: str, axis: str, problem: str) -> RecipeError:
+    """`source: grid.<axis> <problem>`, re-attributable to an override of grid.<axis>."""
+    text = f"grid.{axis} {problem}"
+    return RecipeError(f"{source}: {text}", source=source, path=("grid", axis), problem=text)
 
 
 def check(recipe: GlueRecipe, source: str) -> None:
@@ -93,11 +112,13 @@ def check(recipe: GlueRecipe, source: str) -> None:
     for axis in ("batch_sizes", "lrs", "seeds"):
         values = getattr(recipe.grid, axis)
         if not values:
-            raise RecipeError(f"{source}: grid.{axis} must list at least one value")
+            raise _grid_error(source, axis, "must list at least one value")
         if len(set(values)) != len(values):
-            raise RecipeError(f"{source}: grid.{axis} lists a value twice: {values}")
-    if any(b < 1 for b in recipe.grid.batch_sizes) or any(not 0 < lr <= 1 for lr in recipe.grid.lrs):
-        raise RecipeError(f"{source}: grid batch sizes must be >= 1 and learning rates in (0, 1]")
+            raise _grid_error(source, axis, f"lists a value twice: {values}")
+    if any(b < 1 for b in recipe.grid.batch_sizes):
+        raise _grid_error(source, "batch_sizes", f"must be >= 1, got {recipe.grid.batch_sizes}")
+    if any(not 0 < lr <= 1 for lr in recipe.grid.lrs):
+        raise _grid_error(source, "lrs", f"must be in (0, 1], got {recipe.grid.lrs}")
 
 
 def cell_recipe(base: GlueRecipe, task: str, batch_size: int, lr: float, seed: int) -> GlueRecipe:

