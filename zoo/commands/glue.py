@@ -76,7 +76,27 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--smoke", action="store_true", help="mark the runs as smoke tests (off leaderboards)")
     parser.add_argument("--dry-run", action="store_true", help="print the resolved recipe or the cells, and exit")
     add_launch_options(parser)
+    add_engine_options(parser)
     parser.set_defaults(func=run_command)
+
+
+def add_engine_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("cluster engines (each cell a task on a cluster; see README 'Running on a "
+                                      "cluster')")
+    group.add_argument("--ray", nargs="?", const="auto", metavar="ADDRESS",
+                       help="run the cells as Ray tasks on the cluster at ADDRESS (default: auto, the running "
+                            "cluster; HOST:PORT); needs pip install -e '.[ray]'")
+    group.add_argument("--gpus-per-cell", type=float, default=None, metavar="F",
+                       help="Ray: GPUs each cell asks for (default 1 when the cluster has GPUs, else 0; a "
+                            "fraction such as 0.25 lets cells share a GPU)")
+    group.add_argument("--cpus-per-cell", type=float, default=None, metavar="N", help="Ray: CPUs each cell asks for "
+                                                                                       "(default 1)")
+    group.add_argument("--slurm", metavar="KEY=VALUE,...",
+                       help="submit the cells as a Slurm job array through submitit, e.g. "
+                            "partition=gpu,time=60,gpus=1,parallel=8[,account=A,chunk=K]; needs pip install "
+                            "-e '.[slurm]'")
+    group.add_argument("--wait", action="store_true", help="Slurm: follow the jobs to the end (default: print the "
+                                                           "job id and how to follow it, and exit)")
 
 
 # --------------------------------------------------------------------------- recipe from the command line
@@ -170,6 +190,37 @@ def print_cell(cell: Any) -> None:
           f"{cell.directory / 'run.json'}")
 
 
+ENGINE_PACKAGES = {"ray": ("ray", "ray"), "slurm": ("submitit", "slurm")}
+
+
+def engine_of(args: argparse.Namespace) -> str:
+    """local, ray or slurm; an engine with --workers or a launch, or one that is not installed: one line."""
+    engines = [name for name, given in (("ray", args.ray is not None), ("slurm", args.slurm is not None)) if given]
+    if len(engines) > 1:
+        raise ZooError("give --ray or --slurm, not both")
+    if not engines:
+        if args.gpus_per_cell is not None or args.cpus_per_cell is not None or args.wait:
+            raise ZooError("--gpus-per-cell, --cpus-per-cell and --wait go with --ray or --slurm")
+        return "local"
+    engine = engines[0]
+    if args.workers != 1 or launch_requested(args):
+        raise ZooError(f"--{engine} places every cell itself: drop --workers/--nproc/--gpus/--hostfile")
+    module, extra = ENGINE_PACKAGES[engine]
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        raise ZooError(f"--{engine} needs {module}, which is not installed: pip install -e '.[{extra}]'")
+    return engine
+
+
+def engine_options(args: argparse.Namespace) -> dict[str, Any]:
+    if args.ray is not None:
+        return {"address": args.ray, "gpus_per_cell": args.gpus_per_cell, "cpus_per_cell": args.cpus_per_cell}
+    if args.slurm is not None:
+        return {"slurm": args.slurm, "wait": args.wait}
+    return {}
+
+
 def check_launch(args: argparse.Namespace, cells: list[Any]) -> None:
     """--workers and a launch do not mix; every cell's batch must split evenly over the processes."""
     if args.workers < 1:
@@ -202,7 +253,7 @@ def request_from_args(args: argparse.Namespace) -> Any:
     recipe = recipe_from_args(args)
     return GlueRequest(recipe=recipe, model=args.model or recipe.model.name, grid=args.grid, workers=args.workers,
                        predict_test=args.predict_test, predict_dir=Path(args.predict_dir) if args.predict_dir else None,
-                       force=args.force)
+                       force=args.force, engine=engine_of(args), engine_options=engine_options(args))
 
 
 def run_command(args: argparse.Namespace) -> int:
@@ -247,7 +298,7 @@ def run_planned(request: Any, cells: list[Any], todo: int) -> int:
     if main:
         print(f"zoo glue {request.model}: {len(cells)} cell(s) over {', '.join(tasks)}, {run_mode_of(request)}; "
               f"records in {paths.results_dir() / 'glue' / cells[0].tag}", flush=True)
-    single = request.workers == 1 and not is_distributed_launch()
+    single = request.workers == 1 and request.engine == "local" and not is_distributed_launch()
     show_cell_bars(main and single)
     progress = GridProgress(todo, bar=main and not single)
 
@@ -260,6 +311,8 @@ def run_planned(request: Any, cells: list[Any], todo: int) -> int:
     finally:
         progress.close()
     report = result.report
+    if report is None:  # submitted to a cluster and not followed: the engine printed how to follow it
+        return 0
     if main:
         print(f"\n{run_line(report)}, in {elapsed(t0)}")
         if request.grid:
@@ -284,6 +337,8 @@ def run_line(report: Any) -> str:
 
 
 def run_mode_of(request: Any) -> str:
+    if request.engine != "local":
+        return f"on {request.engine}"
     if is_distributed_launch():
         return f"each cell on {world_size()} processes"
     return f"{request.workers} worker(s)"

@@ -58,6 +58,7 @@ class Outcome:
     score: float | None = None
     reason: str | None = None
     wall_time_s: float | None = None
+    node: str | None = None  # where it ran, when an engine (Ray, Slurm) placed it
 
 
 @dataclass

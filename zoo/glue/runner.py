@@ -34,6 +34,8 @@ class GlueRequest:
     predict_test: bool = False
     predict_dir: Path | None = None
     force: bool = False
+    engine: str = "local"  # local (this machine: --workers or a launch), ray or slurm
+    engine_options: dict[str, Any] = field(default_factory=dict)  # --ray ADDRESS, --gpus-per-cell, --slurm ...
 
 
 @dataclass
@@ -86,10 +88,9 @@ def run_glue(request: GlueRequest, cells: list[Cell], on_outcome: Callable[[Any]
     A grid rewrites results/glue/<tag>/summary.json with its tasks; a single cell leaves it alone. Raises
     KeyboardInterrupt after recording the cell in progress when interrupted.
     """
-    from zoo.glue.grid import run_grid
-
-    report = run_grid(cells, workers=request.workers, predict_test=request.predict_test, force=request.force,
-                      on_outcome=on_outcome)
+    report = execute(request, cells, on_outcome)
+    if report is None:  # submitted to a cluster without --wait: the jobs run on after this process
+        return GlueResult(None, {})
     summary = summary_of(request, cells) if is_main_rank() else None
     if is_distributed_launch():
         summary = shared_from_main(summary)
@@ -104,6 +105,22 @@ def run_glue(request: GlueRequest, cells: list[Cell], on_outcome: Callable[[Any]
 def summary_of(request: GlueRequest, cells: list[Cell]) -> dict[str, Any]:
     """A grid rewrites its model's summary.json with its tasks; a single cell is summarised, not written."""
     return write_summary(cells, request.model) if request.grid else summarize(cells, request.model)
+
+
+def execute(request: GlueRequest, cells: list[Cell], on_outcome: Callable[[Any], None] | None) -> Any:
+    """Run the cells that are not done on the request's engine; the grid report (None: submitted, not waited for)."""
+    if request.engine == "ray":
+        from zoo.glue.ray_engine import run_on_ray
+
+        return run_on_ray(request, cells, on_outcome)
+    if request.engine == "slurm":
+        from zoo.glue.slurm_engine import run_on_slurm
+
+        return run_on_slurm(request, cells, on_outcome)
+    from zoo.glue.grid import run_grid
+
+    return run_grid(cells, workers=request.workers, predict_test=request.predict_test, force=request.force,
+                    on_outcome=on_outcome)
 
 
 def write_submission(request: GlueRequest, cells: list[Cell], result: GlueResult) -> None:
