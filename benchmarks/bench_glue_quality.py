@@ -28,9 +28,11 @@ start of training: warm-up and total steps, the weight-decay parameter groups, a
 initialised classifier head, whether the loss gets `num_items_in_batch`, the dropout settings and a hash of
 the tokenized train and dev examples; the report says whether they are identical on every arm.
 
-Parity (per task): zoo's mean dev score (the task score: MRPC mean of F1 and accuracy, RTE accuracy) lies
-inside the plain side's range over seeds at every epoch, and zoo's train loss is not higher than the plain
-side's at every epoch for every seed (paired by seed).
+Parity (per task): at the last epoch (the cell's reported score) zoo's mean dev score (the task score: MRPC
+mean of F1 and accuracy, RTE accuracy) differs from the plain side's by at most the seed spread (the pooled
+standard deviation over seeds of the two sides), and zoo's train loss is not higher than the plain side's at
+every epoch for every seed (paired by seed). The report also says, per epoch, whether zoo's mean lies inside
+the plain side's min..max over seeds (a stricter test: with 3 seeds a range covers only part of the noise).
 
     python benchmarks/bench_glue_quality.py                        # MRPC + RTE, seeds 42,43,44, plain + zoo
     python benchmarks/bench_glue_quality.py --levers random-order  # ... plus zoo with random batches
@@ -102,7 +104,8 @@ def _digest(value: Any) -> str:
 def examples_digest(dataset: Any, ordered: bool) -> str:
     """Hash of the (input_ids, token_type_ids, label) of a dataset, in order or as a multiset."""
     label = "labels" if "labels" in dataset.column_names else "label"
-    rows = list(zip(dataset["input_ids"], dataset["token_type_ids"], dataset[label], strict=True))
+    types = dataset["token_type_ids"] if "token_type_ids" in dataset.column_names else [None] * len(dataset)
+    rows = list(zip(dataset["input_ids"], types, dataset[label], strict=True))
     return _digest(rows if ordered else sorted(rows))
 
 
@@ -127,10 +130,10 @@ def make_probe(dev: Any) -> Any:
             config = model.config
             self.facts.update({
                 "total_steps": state.max_steps, "warmup_steps": args.get_warmup_steps(state.max_steps),
-                "decay_groups": groups, "head_checksum": round(float(sum((p * 1.0).sum() for p in head)), 8),
+                "decay_groups": groups, "head_checksum": round(float(sum(p.sum() for p in head)), 8),
                 "head_digest": _digest([p.flatten().tolist()[:64] for p in head]),
-                "dropout": [config.hidden_dropout_prob, config.attention_probs_dropout_prob,
-                            getattr(config, "classifier_dropout", None)],
+                "dropout": [getattr(config, key, None) for key in
+                            ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout")],
                 "train_examples": examples_digest(train_dataloader.dataset, ordered=True),
                 "dev_examples": examples_digest(dev, ordered=False), "torch_threads": torch.get_num_threads()})
 
@@ -326,6 +329,8 @@ def task_report(task_key: str, runs: dict[str, list[dict[str, Any]]]) -> dict[st
 
     task = get_task(task_key)
     sides = [side for side in runs if runs[side]]
+    if not sides:
+        return {}
     n_epochs = min(len(r["epochs"]) for side in sides for r in runs[side])
     rows = []
     for e in range(n_epochs):
@@ -338,13 +343,18 @@ def task_report(task_key: str, runs: dict[str, list[dict[str, Any]]]) -> dict[st
             row["score %"] = spread([r["epochs"][e]["score"] for r in rs], 100, 1)
             rows.append(row)
     common.print_table(rows, f"{task.name}: per epoch, mean ± std (min..max) over seeds")
-    base_train = statistics.mean(r["train_s"] for r in runs["default"]) if runs.get("default") else None
-    timing = [{"side": side_name(side), "train s (mean)": round(statistics.mean(r["train_s"] for r in runs[side]), 1),
-               "of which dev eval s": round(statistics.mean(r["eval_s"] for r in runs[side]), 1),
-               "process s (mean)": round(statistics.mean(r["process_s"] for r in runs[side]), 1),
-               "train s vs zoo": round(statistics.mean(r["train_s"] for r in runs[side]) / base_train, 3)
-               if base_train else "-"} for side in sides]
-    common.print_table(timing, f"{task.name}: wall time (train s: trainer.train(), per-epoch dev evaluations included)")
+    def seconds(side: str, key: str, how: Any = statistics.mean) -> float:
+        return round(how(r[key] for r in runs[side]), 1)
+
+    base = {how: seconds("default", "train_s", how) for how in (statistics.mean, min)} if runs.get("default") else {}
+    timing = [{"side": side_name(side), "seeds": len(runs[side]), "train s mean": seconds(side, "train_s"),
+               "train s min": seconds(side, "train_s", min), "of which dev eval s (mean)": seconds(side, "eval_s"),
+               "process s mean": seconds(side, "process_s"),
+               "train s vs zoo (mean, min)": f"{seconds(side, 'train_s') / base[statistics.mean]:.2f}x, "
+                                             f"{seconds(side, 'train_s', min) / base[min]:.2f}x" if base else "-"}
+              for side in sides]
+    common.print_table(timing, f"{task.name}: wall time (train s: trainer.train(), per-epoch dev evaluations included; "
+                               "min over seeds: the run least disturbed by other load)")
     verdicts = {}
     plain = runs.get("plain", [])
     for side in sides:
@@ -372,30 +382,35 @@ def identity_check(task_name: str, runs: dict[str, list[dict[str, Any]]]) -> Non
 
 
 def compare(task_name: str, side: str, arm: list[dict[str, Any]], plain: list[dict[str, Any]], n_epochs: int) -> dict:
-    """Parity of one zoo side against the plain side: dev score inside plain's seed range at every epoch,
-    and train loss not higher at every epoch for every seed (paired by seed)."""
-    inside, deltas, higher, pairs = [], [], 0, 0
+    """Parity of one zoo side against the plain side (see the module docstring)."""
+    inside, deltas, spreads, higher, pairs = [], [], [], 0, 0
     by_seed = {r["seed"]: r for r in plain}
     for e in range(n_epochs):
         plain_scores = [r["epochs"][e]["score"] for r in plain]
-        mean = statistics.mean(r["epochs"][e]["score"] for r in arm)
+        arm_scores = [r["epochs"][e]["score"] for r in arm]
+        mean = statistics.mean(arm_scores)
         inside.append(min(plain_scores) <= mean <= max(plain_scores))
         deltas.append(mean - statistics.mean(plain_scores))
+        variances = [statistics.variance(v) for v in (plain_scores, arm_scores) if len(v) > 1]
+        spreads.append(statistics.mean(variances) ** 0.5 if variances else 0.0)
         for r in arm:
             if r["seed"] in by_seed:
                 pairs += 1
                 higher += r["epochs"][e]["train_loss"] > by_seed[r["seed"]]["epochs"][e]["train_loss"]
     loss_delta = [statistics.mean(r["epochs"][e]["train_loss"] for r in arm)
                   - statistics.mean(r["epochs"][e]["train_loss"] for r in plain) for e in range(n_epochs)]
+    score_ok = abs(deltas[-1]) <= spreads[-1] + 1e-12
     systematic = pairs > 0 and higher == pairs
-    parity = all(inside) and not systematic
-    print(f"{task_name} {side_name(side)} vs plain: mean dev score {'inside' if all(inside) else 'OUTSIDE'} the plain "
-          f"side's seed range at {sum(inside)}/{len(inside)} epochs (Δ mean score "
-          f"{', '.join(f'{100 * d:+.1f}' for d in deltas)} points per epoch); train loss higher in {higher}/{pairs} "
-          f"(seed, epoch) pairs (Δ mean {', '.join(f'{d:+.3f}' for d in loss_delta)}) -> "
-          f"{'PARITY' if parity else 'NO PARITY'}")
-    return {"score_inside_plain_range": inside, "score_delta": deltas, "loss_higher_pairs": [higher, pairs],
-            "loss_delta": loss_delta, "parity": parity}
+    parity = score_ok and not systematic
+    print(f"{task_name} {side_name(side)} vs plain: last-epoch Δ mean dev score {100 * deltas[-1]:+.1f} points, "
+          f"{'within' if score_ok else 'OUTSIDE'} the pooled seed spread ±{100 * spreads[-1]:.1f} (per epoch: "
+          f"{', '.join(f'{100 * d:+.1f}/±{100 * sp:.1f}' for d, sp in zip(deltas, spreads, strict=True))}; mean inside "
+          f"the plain side's seed range at {sum(inside)}/{len(inside)} epochs); train loss higher in {higher}/{pairs} "
+          f"(seed, epoch) pairs (Δ mean {', '.join(f'{d:+.3f}' for d in loss_delta)}"
+          f"{', systematically higher' if systematic else ''}) -> {'PARITY' if parity else 'NO PARITY'}")
+    return {"score_delta": deltas, "score_spread": spreads, "score_within_spread": score_ok,
+            "score_inside_plain_range": inside, "loss_higher_pairs": [higher, pairs], "loss_delta": loss_delta,
+            "loss_systematically_higher": systematic, "parity": parity}
 
 
 FACTS = ("total_steps", "warmup_steps", "decay_groups", "head_checksum", "head_digest", "dropout", "train_examples",

@@ -143,7 +143,8 @@ def list_tasks() -> int:
 
 
 def outcome_line(index: int, total: int, outcome: Any) -> str:
-    head = f"[{index}/{total}] {outcome.label}:"
+    where = f" on {outcome.node}" if getattr(outcome, "node", None) else ""
+    head = f"[{index}/{total}] {outcome.label}{where}:"
     if outcome.status == "ok":
         return f"{head} ok, dev score {outcome.score:.4f} ({outcome.wall_time_s:.1f} s)"
     if outcome.status == "failed":
@@ -217,6 +218,9 @@ def engine_options(args: argparse.Namespace) -> dict[str, Any]:
     if args.ray is not None:
         return {"address": args.ray, "gpus_per_cell": args.gpus_per_cell, "cpus_per_cell": args.cpus_per_cell}
     if args.slurm is not None:
+        from zoo.train.slurm import parse_slurm_options
+
+        parse_slurm_options(args.slurm, "glue")  # a bad option: one line now, before anything is planned or written
         return {"slurm": args.slurm, "wait": args.wait}
     return {}
 

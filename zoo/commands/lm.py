@@ -39,11 +39,21 @@ def register(sub: argparse._SubParsersAction) -> None:
         parser.add_argument("--smoke", action="store_true", help="mark the run as a smoke test (off leaderboards)")
         parser.add_argument("--dry-run", action="store_true", help="print the resolved recipe and exit")
         add_launch_options(parser)
+        add_slurm_options(parser)
         parser.set_defaults(func=run_command, kind=kind)
     evaluate = sub.add_parser("eval", help="re-evaluate a run's saved checkpoint (perplexity on its eval set)")
     evaluate.add_argument("run", help="run id (results/<kind>/<run-id>)")
     evaluate.add_argument("--data-dir", metavar="DIR", help="local data mirror (default: $ZOO_DATA_DIR)")
     evaluate.set_defaults(func=eval_command)
+
+
+def add_slurm_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("Slurm (see README 'Running on a cluster')")
+    group.add_argument("--slurm", metavar="KEY=VALUE,...",
+                       help="submit the run as one Slurm job through submitit, e.g. nodes=2,gpus=8,time=600"
+                            "[,partition=P,account=A,cpus=C,mem=GB]; needs pip install -e '.[slurm]'")
+    group.add_argument("--wait", action="store_true", help="with --slurm: follow the job to its end (default: print "
+                                                           "the job id and how to follow it, and exit)")
 
 
 def eval_command(args: argparse.Namespace) -> int:
@@ -85,7 +95,9 @@ def recipe_from_args(args: argparse.Namespace) -> Recipe:
 
 def run_command(args: argparse.Namespace) -> int:
     from zoo.recipe.lm import recipe_yaml
+    from zoo.train.slurm import check_lm_flags
 
+    check_lm_flags(args)
     if args.resume and args.resume != "latest":
         saved = checkpoints_dir() / args.resume / RECIPE_FILE
         if not saved.is_file():
@@ -113,8 +125,15 @@ def run_command(args: argparse.Namespace) -> int:
         if finished_ok(recipe.kind, run_id):
             print(f"run {run_id} is complete (results/{recipe.kind}/{run_id}/run.json); nothing to resume")
             return 0
-    record = run_lm(recipe, run_id=run_id, resume=bool(args.resume))
-    leave_launch()
+    if args.slurm is not None:
+        from zoo.train.slurm import run_lm_on_slurm
+
+        record = run_lm_on_slurm(recipe, run_id, bool(args.resume), args.slurm, args.wait)
+        if record is None:  # submitted, not followed: the job runs on after this process
+            return 0
+    else:
+        record = run_lm(recipe, run_id=run_id, resume=bool(args.resume))
+        leave_launch()
     if record.ok and is_main_rank():
         m, before = record.metrics, record.before
         change = f" (before fine-tuning {before.perplexity:.2f})" if before and before.perplexity else ""
