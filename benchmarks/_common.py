@@ -217,3 +217,29 @@ def save_json(path: str | None, payload: dict[str, Any]) -> None:
 
 def fmt_ratio(value: float) -> str:
     return f"{value:.2f}x"
+
+
+def course_glue_splits(task_key: str, model: str, max_length: int, max_train: int | None = None,
+                       max_eval: int | None = None) -> tuple[Any, Any, Any]:
+    """(tokenizer, train, dev) of a sentence-pair GLUE task the way the HF course tokenizes it: `Dataset.map`
+    over the raw text with truncation, every run (the baselines' data path; zoo's reader gives the text)."""
+    from datasets import Dataset
+    from transformers import AutoTokenizer
+
+    from zoo.glue.data import read_split
+    from zoo.glue.tasks import get_task
+
+    task = get_task(task_key)
+    train, dev = read_split(task, "train"), read_split(task, "dev")
+    raw_train = Dataset.from_dict({"sentence1": train.text_a, "sentence2": train.text_b, "label": train.labels})
+    raw_dev = Dataset.from_dict({"sentence1": dev.text_a, "sentence2": dev.text_b, "label": dev.labels})
+    if max_train:
+        raw_train = raw_train.select(range(min(max_train, len(raw_train))))
+    if max_eval:
+        raw_dev = raw_dev.select(range(min(max_eval, len(raw_dev))))
+    tokenizer = AutoTokenizer.from_pretrained(model)
+
+    def tokenize_function(example: dict[str, list]) -> Any:
+        return tokenizer(example["sentence1"], example["sentence2"], truncation=True, max_length=max_length)
+
+    return tokenizer, raw_train.map(tokenize_function, batched=True), raw_dev.map(tokenize_function, batched=True)

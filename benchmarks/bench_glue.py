@@ -65,34 +65,17 @@ def baseline_cell(spec: dict[str, Any]) -> dict[str, Any]:
     """The course's fine-tuning recipe for one (batch size, lr) cell of RTE."""
     import numpy as np
     import torch
-    from datasets import Dataset
     from transformers import (
         AutoModelForSequenceClassification,
-        AutoTokenizer,
         DataCollatorWithPadding,
         Trainer,
         TrainingArguments,
     )
 
-    from zoo.glue.data import read_split
-    from zoo.glue.tasks import get_task
 
     grid = Grid(**spec["grid"])
-    task = get_task("rte")
-    train, dev = read_split(task, "train"), read_split(task, "dev")
-    raw_train = Dataset.from_dict({"sentence1": train.text_a, "sentence2": train.text_b, "label": train.labels})
-    raw_dev = Dataset.from_dict({"sentence1": dev.text_a, "sentence2": dev.text_b, "label": dev.labels})
-    if grid.max_train_examples:
-        raw_train = raw_train.select(range(min(grid.max_train_examples, len(raw_train))))
-    if grid.max_eval_examples:
-        raw_dev = raw_dev.select(range(min(grid.max_eval_examples, len(raw_dev))))
-    tokenizer = AutoTokenizer.from_pretrained(grid.model)
-
-    def tokenize_function(example: dict[str, list]) -> Any:
-        return tokenizer(example["sentence1"], example["sentence2"], truncation=True, max_length=grid.max_length)
-
-    tokenized_train = raw_train.map(tokenize_function, batched=True)
-    tokenized_dev = raw_dev.map(tokenize_function, batched=True)
+    tokenizer, tokenized_train, tokenized_dev = common.course_glue_splits(
+        "rte", grid.model, grid.max_length, grid.max_train_examples, grid.max_eval_examples)
 
     def compute_metrics(prediction: Any) -> dict[str, float]:
         return {"accuracy": float((np.argmax(prediction.predictions, axis=-1) == prediction.label_ids).mean())}

@@ -165,34 +165,21 @@ def plain_arm(spec: dict[str, Any]) -> dict[str, Any]:
     t0 = time.perf_counter()
     import numpy as np
     import torch
-    from datasets import Dataset
     from transformers import (
         AutoModelForSequenceClassification,
-        AutoTokenizer,
         DataCollatorWithPadding,
         Trainer,
         TrainingArguments,
         set_seed,
     )
 
-    from zoo.glue.data import read_split
     from zoo.glue.metrics import task_metrics
     from zoo.glue.tasks import get_task
 
     s, seed = Setting(**spec["setting"]), spec["seed"]
     task = get_task(s.task)
-    train, dev = read_split(task, "train"), read_split(task, "dev")
-    raw_train = Dataset.from_dict({"sentence1": train.text_a, "sentence2": train.text_b, "label": train.labels})
-    raw_dev = Dataset.from_dict({"sentence1": dev.text_a, "sentence2": dev.text_b, "label": dev.labels})
-    if s.max_train_examples:
-        raw_train = raw_train.select(range(min(s.max_train_examples, len(raw_train))))
-    tokenizer = AutoTokenizer.from_pretrained(s.model)
-
-    def tokenize_function(example: dict[str, list]) -> Any:
-        return tokenizer(example["sentence1"], example["sentence2"], truncation=True, max_length=s.max_length)
-
-    tokenized_train = raw_train.map(tokenize_function, batched=True)
-    tokenized_dev = raw_dev.map(tokenize_function, batched=True)
+    tokenizer, tokenized_train, tokenized_dev = common.course_glue_splits(
+        s.task, s.model, s.max_length, s.max_train_examples)
 
     def compute_metrics(prediction: Any) -> dict[str, float]:
         return task_metrics(task, np.argmax(prediction.predictions, axis=-1), prediction.label_ids)
