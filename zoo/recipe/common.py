@@ -249,9 +249,25 @@ def merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
+# Settings added after runs were first recorded, with the value every earlier run had: a recipe at that
+# value hashes as if the setting did not exist, so committed run ids and GLUE cell ids stay valid.
+HASH_NEUTRAL: dict[tuple[str, str], Any] = {
+    ("train", "batch_order"): "length-grouped",
+}
+
+
+def without_hash_neutral(data: dict[str, Any]) -> dict[str, Any]:
+    """`data` less the settings of HASH_NEUTRAL that hold their neutral value."""
+    out = dict(data)
+    for (section, key), neutral in HASH_NEUTRAL.items():
+        if isinstance(out.get(section), dict) and key in out[section] and out[section][key] == neutral:
+            out[section] = {k: v for k, v in out[section].items() if k != key}
+    return out
+
+
 def dict_hash(data: dict[str, Any]) -> str:
     """A short, stable hash of a (resolved) recipe: same hash, same run."""
-    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
+    return hashlib.sha256(json.dumps(without_hash_neutral(data), sort_keys=True).encode()).hexdigest()[:12]
 
 
 def is_smoke(recipe: dict[str, Any]) -> bool:
