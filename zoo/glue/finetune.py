@@ -1,7 +1,7 @@
 """Fine-tune one GLUE cell with the HF Trainer, evaluate on dev after every epoch, record it.
 
 cell recipe -> cached tokenized splits -> AutoModelForSequenceClassification (num_labels=1 for
-STS-B) -> Trainer (length-grouped training batches, dynamic padding, dev sets sorted by length and
+STS-B) -> Trainer (training batches in `train.batch_order`, dynamic padding, dev sets sorted by length and
 evaluated in large batches) -> record under results/glue/<model-tag>/<task>/<cell-id>/.
 
 The cell's metrics are those of the last epoch's dev evaluation, not the best epoch's: choosing the
@@ -29,12 +29,12 @@ from transformers import (
     TrainerCallback,
     set_seed,
 )
-from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.utils import logging as hf_logging
 
 from zoo.data.tokenization import load_tokenizer
 from zoo.errors import ZooError
 from zoo.glue import data
+from zoo.glue.batches import train_sampler
 from zoo.glue.cell import Cell
 from zoo.glue.metrics import predictions_from_outputs, task_metrics, task_score
 from zoo.glue.predict import write_predictions
@@ -92,11 +92,12 @@ class PadCollator:
 
 
 class GlueTrainer(StopOnNonFiniteLoss, Trainer):
-    """The HF Trainer with length-grouped training batches, evaluation in dataset order (sorted by
-    length) and a hard stop on a non-finite loss."""
+    """The HF Trainer with training batches in the recipe's `train.batch_order` (zoo.glue.batches),
+    evaluation in dataset order (sorted by length) and a hard stop on a non-finite loss."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, batch_order: str = "length-grouped", **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.batch_order = batch_order
         # Sequence-classification heads return a batch mean even though their forward takes **kwargs;
         # told otherwise, the Trainer would skip the division by grad_accum and scale by world size.
         self.model_accepts_loss_kwargs = False
@@ -106,10 +107,8 @@ class GlueTrainer(StopOnNonFiniteLoss, Trainer):
         # The Trainer would hand the arrow `length` column to the sampler, which then reads it one item
         # at a time: 28 s per epoch on SST-2 against 1.2 s with a plain list.
         lengths = np.asarray(dataset["length"]).tolist()
-        # Groups of one whole optimizer step over all ranks: the launch's batches (the sampler's order
-        # cut into per-rank slices by accelerate) are then those of a single process.
         step = self.args.train_batch_size * self.args.gradient_accumulation_steps * self.args.world_size
-        return LengthGroupedSampler(step, lengths=lengths)
+        return train_sampler(self.batch_order, lengths, step)
 
     def _get_eval_sampler(self, eval_dataset: Any) -> torch.utils.data.Sampler | None:
         if self.args.world_size <= 1:
@@ -162,8 +161,6 @@ def glue_training_arguments(recipe: GlueRecipe, output_dir: str, engine: dict[st
         eval_strategy="epoch",
         logging_strategy="epoch",
         save_strategy="no",
-        train_sampling_strategy="group_by_length",
-        length_column_name="length",
         disable_tqdm=True,  # zoo.glue.progress draws the cell's own bar
     )
 
@@ -242,7 +239,8 @@ def train_and_evaluate(cell: Cell, record: GlueRecord, predict_test: bool) -> No
         trainer = GlueTrainer(model=model, args=glue_training_arguments(recipe, scratch, engine),
                               train_dataset=cell_inputs.train, eval_dataset=cell_inputs.dev,
                               data_collator=PadCollator(tokenizer), processing_class=tokenizer,
-                              compute_metrics=metrics_function(task), callbacks=[history])
+                              compute_metrics=metrics_function(task), callbacks=[history],
+                              batch_order=recipe.train.batch_order)
         trainer.remove_callback(PrinterCallback)  # the grid prints one line per cell instead
         record.epochs = history.epochs
         t_train = time.monotonic()

@@ -1,6 +1,7 @@
 """GLUE recipes: the typed schema, loading with overrides, and one normalised recipe per grid cell.
 
-A GLUE recipe has the sections model, task, train (the pretraining `TrainSection`), grid and eval.
+A GLUE recipe has the sections model, task, train (the pretraining `TrainSection` plus `batch_order`),
+grid and eval.
 `zoo glue MODEL` starts from `recipes/glue/classic.yaml` (the classic grid of the small-BERT papers:
 batch size {8,16,32,64,128} x learning rate {1e-4,3e-4,3e-5,5e-5}, 4 epochs); `--recipe FILE`
 starts from that file instead. Keys a file leaves out take the defaults of `GLUE_DEFAULTS` and then
@@ -49,6 +50,19 @@ class TaskSection:
                                             low=1)
 
 
+BatchOrder = Literal["length-grouped", "shuffled-groups", "random"]
+
+
+@dataclass
+class GlueTrainSection(TrainSection):
+    batch_order: BatchOrder = setting(
+        "length-grouped",
+        doc="Training batches: 'length-grouped' (the Trainer's group_by_length: mega-batches of up to 50 "
+            "batches, each sorted longest first), 'shuffled-groups' (the same batches in a random order) or "
+            "'random' (the standard recipe: random batches, more padding).",
+    )
+
+
 @dataclass
 class GridSection:
     tasks: list[str] = setting(factory=list, doc="Tasks of `--grid`; empty: every task whose data is available.")
@@ -67,7 +81,7 @@ class GlueRecipe(RecipeHead):
     kind: Literal["glue"] = setting("glue", doc="Always 'glue'.")
     model: GlueModelSection = setting(factory=GlueModelSection, doc="The model to fine-tune.")
     task: TaskSection = setting(factory=TaskSection, doc="Task and input length.")
-    train: TrainSection = setting(factory=TrainSection, doc="Optimisation (batch_size, lr, seed: one cell).")
+    train: GlueTrainSection = setting(factory=GlueTrainSection, doc="Optimisation (batch_size, lr, seed: one cell).")
     grid: GridSection = setting(factory=GridSection, doc="The hyper-parameter grid of `--grid`.")
     eval: GlueEvalSection = setting(factory=GlueEvalSection, doc="Evaluation.")
 
