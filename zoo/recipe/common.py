@@ -28,6 +28,7 @@ from zoo.recipe.schema import RecipeError, build, key_path, setting
 T = TypeVar("T")
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
+Dashboard = Literal["tensorboard", "trackio", "wandb", "mlflow"]
 
 
 # A run planned for fewer optimizer steps than this is a smoke run (kept off leaderboards).
@@ -64,6 +65,11 @@ class TrainSection:
     save_every: int = setting(0, doc="Checkpoint every N steps (0: only at the end).", low=0)
     save_total_limit: int = setting(2, doc="Keep at most this many intermediate checkpoints.", low=1)
     dataloader_workers: int = setting(0, doc="DataLoader worker processes.", low=0)
+    report_to: list[Dashboard] = setting(
+        factory=list, doc="Live training dashboards through the Trainer's integrations, e.g. [tensorboard]; "
+        "empty: none. Offline: they write under checkpoints/<run-id>/dashboards/ (wandb offline, mlflow and "
+        "trackio local) unless their own environment variables say otherwise."
+    )
 
 
 @dataclass
@@ -253,6 +259,7 @@ def merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
 # value hashes as if the setting did not exist, so committed run ids and GLUE cell ids stay valid.
 HASH_NEUTRAL: dict[tuple[str, str], Any] = {
     ("train", "batch_order"): "length-grouped",
+    ("train", "report_to"): [],  # dashboards: the list to_dict writes; an empty one is no dashboard
 }
 
 

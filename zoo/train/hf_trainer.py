@@ -1,5 +1,5 @@
-"""The HF Trainer wiring every zoo run shares: training arguments, the DeepSpeed engine, precision, and
-the non-finite-loss stop.
+"""The HF Trainer wiring every zoo run shares: training arguments, the DeepSpeed engine, precision,
+dashboards (`train.report_to`), and the non-finite-loss stop.
 
 LM runs (`zoo.train.lm`) and GLUE cells (`zoo.glue.finetune`) differ only in what they log, evaluate
 and save; how a recipe's `train` section becomes `TrainingArguments`, when DeepSpeed runs and with
@@ -8,6 +8,8 @@ which config, and how a NaN loss stops training (on every rank at the same step)
 
 from __future__ import annotations
 
+import importlib.util
+import os
 from pathlib import Path
 from typing import Any
 
@@ -52,16 +54,55 @@ def optimisation_arguments(t: TrainSection, eval_batch_size: int) -> dict[str, A
         "dataloader_num_workers": t.dataloader_workers,
         "logging_nan_inf_filter": False,
         "remove_unused_columns": False,
-        "report_to": [],
+        "report_to": list(t.report_to),
         "use_cpu": not torch.cuda.is_available(),
         **precision_flags(t.precision),
     }
 
 
+# --------------------------------------------------------------------------- dashboards (train.report_to)
+
+# The package each `train.report_to` entry needs (TensorBoard: torch's writer needs `tensorboard`).
+DASHBOARD_PACKAGES = {"tensorboard": "tensorboard", "trackio": "trackio", "wandb": "wandb", "mlflow": "mlflow"}
+_SET_BY_ZOO: dict[str, str] = {}  # the environment variables zoo set, so a later run may set them again
+
+
+def dashboard_environment(report_to: list[str], directory: Path) -> dict[str, str]:
+    """Where each dashboard writes, offline: all under `directory` (the run's own output folder)."""
+    env: dict[str, str] = {}
+    if "tensorboard" in report_to:
+        env["TENSORBOARD_LOGGING_DIR"] = str(directory / "tensorboard")
+    if "wandb" in report_to:
+        env.update(WANDB_MODE="offline", WANDB_DIR=str(directory))
+    if "mlflow" in report_to:
+        env["MLFLOW_TRACKING_URI"] = (directory / "mlruns").resolve().as_uri()
+    if "trackio" in report_to:
+        env["TRACKIO_DIR"] = str(directory / "trackio")
+    return env
+
+
+def setup_dashboards(report_to: list[str], directory: Path) -> None:
+    """Check each dashboard's package is installed (a one-line error otherwise) and point it at `directory`,
+    offline, unless the user set its variable: the Trainer's integrations read their settings from there."""
+    missing = [package for package in (DASHBOARD_PACKAGES[name] for name in report_to)
+               if importlib.util.find_spec(package) is None]
+    if missing:
+        raise ZooError(f"train.report_to={list(report_to)} needs {', '.join(missing)}: pip install {' '.join(missing)}"
+                       " (tensorboard: pip install -e '.[dashboards]')")
+    for key, value in dashboard_environment(report_to, directory).items():
+        if key not in os.environ or os.environ[key] == _SET_BY_ZOO.get(key):
+            os.environ[key] = _SET_BY_ZOO[key] = value
+
+
 def training_arguments(output_dir: Path | str, t: TrainSection, eval_batch_size: int,
-                       engine: dict[str, Any] | None, **schedule: Any) -> TrainingArguments:
+                       engine: dict[str, Any] | None, dashboard_dir: Path | None = None,
+                       **schedule: Any) -> TrainingArguments:
     """`TrainingArguments` from `train` (per process), the DeepSpeed config (None: none) and the run kind's
-    logging / evaluation / saving schedule."""
+    logging / evaluation / saving schedule. Dashboards (`train.report_to`) write under `dashboard_dir`
+    (default: `output_dir`/dashboards) and name the run after `output_dir`."""
+    if t.report_to:
+        setup_dashboards(t.report_to, Path(dashboard_dir or Path(output_dir) / "dashboards"))
+        schedule.setdefault("run_name", Path(output_dir).name)
     return TrainingArguments(output_dir=str(output_dir), **optimisation_arguments(t, eval_batch_size),
                              deepspeed=engine, **schedule)
 
