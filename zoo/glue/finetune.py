@@ -29,6 +29,7 @@ from transformers import (
     TrainerCallback,
     set_seed,
 )
+from transformers.trainer_utils import align_special_tokens
 from transformers.utils import logging as hf_logging
 
 from zoo.data.tokenization import load_tokenizer
@@ -39,7 +40,8 @@ from zoo.glue.cell import Cell
 from zoo.glue.metrics import predictions_from_outputs, task_metrics, task_score
 from zoo.glue.predict import write_predictions
 from zoo.glue.progress import cell_progress
-from zoo.glue.tasks import GlueTask
+from zoo.glue.tasks import GlueTask, SplitSpec
+from zoo.glue.vocabulary import prunable, prune_input_embeddings, remapping_collator, used_token_ids
 from zoo.model.loading import load_pretrained
 from zoo.model.registry import count_parameters
 from zoo.model.resolve import resolve_model
@@ -71,6 +73,9 @@ def load_classifier(recipe: GlueRecipe, task: GlueTask, tokenizer: Any) -> torch
         hf_logging.set_verbosity(verbosity)
     if model.config.pad_token_id is None:  # GPT-2 style models find the last real token through it
         model.config.pad_token_id = tokenizer.pad_token_id
+    # What the Trainer would do when training starts, done here so that a pruned vocabulary's ids are
+    # the config's final ones (the Trainer is then given no tokenizer: it would undo them).
+    align_special_tokens(model, tokenizer)
     limit = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
     if limit is not None and recipe.task.max_length > limit:
         raise ZooError(f"task.max_length={recipe.task.max_length} exceeds the model's {limit} positions")
@@ -195,20 +200,30 @@ def cell_data(recipe: GlueRecipe, task: GlueTask, tokenizer: Any) -> CellData:
     return CellData(data.first(train, recipe.task.max_train_examples), dev, fingerprints)
 
 
-def predict_tests(trainer: Trainer, task: GlueTask, recipe: GlueRecipe, tokenizer: Any, out: Path) -> list[str]:
-    """Write the submission file of every test split that can be read; returns the file names."""
-    written = []
-    for split in task.splits_for("test"):
-        if not data.split_available(split):
-            continue
-        dataset, _ = data.load_encoded(task, split.name, tokenizer, recipe.task.max_length)
-        dataset = data.by_length(dataset)
+def test_sets(task: GlueTask, recipe: GlueRecipe, tokenizer: Any) -> list[tuple[SplitSpec, Any]]:
+    """Every test split that can be read, tokenized and sorted by length."""
+    return [(split, data.by_length(data.load_encoded(task, split.name, tokenizer, recipe.task.max_length)[0]))
+            for split in task.splits_for("test") if data.split_available(split)]
+
+
+def predict_tests(trainer: Trainer, task: GlueTask, tests: list[tuple[SplitSpec, Any]], out: Path) -> list[str]:
+    """Write the submission file of every test split; returns the file names."""
+    for split, dataset in tests:
         outputs = trainer.predict(dataset).predictions
         outputs = outputs[0] if isinstance(outputs, tuple) else outputs
         if is_main_rank():  # in a launch every rank holds all the gathered predictions
             write_predictions(task, split, outputs, np.asarray(dataset["idx"]), out)
-        written.append(split.submission)
-    return written
+    return [split.submission for split, _ in tests]
+
+
+def pruned_collator(model: torch.nn.Module, collator: Any, datasets: list[Any], record: GlueRecord) -> Any:
+    """Prune `model`'s vocabulary to the tokens of `datasets` (zoo.glue.vocabulary); the collator that
+    feeds it. The record keeps how many rows were trained."""
+    if not prunable(model):
+        return collator
+    vocabulary = prune_input_embeddings(model, used_token_ids(datasets))
+    record.data["vocabulary"] = {"rows": len(vocabulary.kept), "of": vocabulary.full_size}
+    return remapping_collator(collator, vocabulary)
 
 
 def new_record(cell: Cell) -> GlueRecord:
@@ -224,11 +239,16 @@ def train_and_evaluate(cell: Cell, record: GlueRecord, predict_test: bool) -> No
     record.tokenizer = resolve_model(recipe.model.name).tokenizer(recipe.model.tokenizer)
     tokenizer = load_tokenizer(record.tokenizer)
     cell_inputs = cell_data(recipe, task, tokenizer)
+    tests = test_sets(task, recipe, tokenizer) if predict_test else []
     set_seed(recipe.train.seed)  # the classifier head's initialisation
     model = load_classifier(recipe, task, tokenizer)
     record.params = count_parameters(model)
     record.data = {"fingerprints": cell_inputs.fingerprints, "train_examples": len(cell_inputs.train),
                    "max_length": recipe.task.max_length}
+    collator = PadCollator(tokenizer)
+    if recipe.train.prune_vocabulary:
+        devs = list(cell_inputs.dev.values()) if isinstance(cell_inputs.dev, dict) else [cell_inputs.dev]
+        collator = pruned_collator(model, collator, [cell_inputs.train, *devs, *(d for _, d in tests)], record)
     history = EpochHistory(task)
     engine = engine_config(rank_train_section(recipe.train, world_size()), DeepSpeedSection(), model,
                            cell.directory if is_main_rank() else None)
@@ -238,8 +258,7 @@ def train_and_evaluate(cell: Cell, record: GlueRecord, predict_test: bool) -> No
     with tempfile.TemporaryDirectory(prefix="zoo-glue-") as scratch:
         trainer = GlueTrainer(model=model, args=glue_training_arguments(recipe, scratch, engine),
                               train_dataset=cell_inputs.train, eval_dataset=cell_inputs.dev,
-                              data_collator=PadCollator(tokenizer), processing_class=tokenizer,
-                              compute_metrics=metrics_function(task), callbacks=[history],
+                              data_collator=collator, compute_metrics=metrics_function(task), callbacks=[history],
                               batch_order=recipe.train.batch_order)
         trainer.remove_callback(PrinterCallback)  # the grid prints one line per cell instead
         record.epochs = history.epochs
@@ -255,7 +274,7 @@ def train_and_evaluate(cell: Cell, record: GlueRecord, predict_test: bool) -> No
             raise ZooError(f"dev evaluation gave no {', '.join(missing)}")
         record.metrics = GlueMetrics(dev=dev, score=task_score(dev))
         if predict_test:
-            files = predict_tests(trainer, task, recipe, tokenizer, cell.predictions_dir)
+            files = predict_tests(trainer, task, tests, cell.predictions_dir)
             record.predictions = {"dir": str(cell.predictions_dir), "files": files}
 
 
