@@ -7,11 +7,13 @@ the tokenizer's own call. Checkpoints of the fast classes are plain HF directori
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
 from transformers import (
     AutoModelForCausalLM,
     AutoModelForMaskedLM,
@@ -26,10 +28,11 @@ from transformers import (
 )
 
 from tests.conftest import TINY_BERT, TINY_GPT2
+from zoo.cli import main
 from zoo.data.masking import MLMMasker
 from zoo.data.packing import token_ids
 from zoo.data.tokenization import load_tokenizer
-from zoo.model import modeling
+from zoo.model import fused_loss
 from zoo.model.modeling import FUSED_CLM, SPARSE_MLM, linear_cross_entropy
 from zoo.recipe.lm import ObjectiveSection
 
@@ -46,7 +49,7 @@ def loss_and_grads(fn, *tensors: torch.Tensor) -> list[torch.Tensor]:
 def test_linear_cross_entropy_matches_reference(with_bias: bool, rows_per_chunk: int | None,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     if rows_per_chunk:  # several chunks, the last one short
-        monkeypatch.setattr(modeling, "CHUNK_ELEMENTS", 300 * rows_per_chunk)
+        monkeypatch.setattr(fused_loss, "CHUNK_ELEMENTS", 300 * rows_per_chunk)
     torch.manual_seed(0)
     hidden, weight, bias = torch.randn(50, 16), torch.randn(300, 16), torch.randn(300)
     target = torch.randint(0, 300, (50,))
@@ -155,3 +158,70 @@ def test_token_ids_equal_the_tokenizer_call(name: str) -> None:
     tokenizer = load_tokenizer(name)
     texts = ["Héllo wörld, naïve café! 東京 don't", "", "GPT-2's ### markdown ## 12345.67", "word " * 700]
     assert token_ids(tokenizer, texts) == tokenizer(texts, add_special_tokens=False)["input_ids"]
+
+
+# --------------------------------------------------------------------------- torch.compile
+# The aot_eager backend runs what broke before the fused loss became a custom op: dynamo capturing the graph
+# and AOTAutograd tracing forward and backward (through the fake implementation and the registered autograd
+# formula), then runs the traced graphs without generating code (inductor's C++ build takes minutes here).
+
+
+def test_compiled_fused_loss_matches_eager() -> None:
+    torch._dynamo.reset()
+    torch.manual_seed(2)
+    hidden, weight, bias = torch.randn(40, 16), torch.randn(200, 16), torch.randn(200)
+    target = torch.randint(0, 200, (40,))
+
+    def loss(h, w, b):  # ops on both sides of the fused loss, for the compiler to trace around it
+        return linear_cross_entropy(torch.tanh(h), w * 1.5, b, target) * 2.0
+
+    compiled = torch.compile(loss, backend="aot_eager", fullgraph=True)
+    for expected, got in zip(loss_and_grads(loss, hidden, weight, bias), loss_and_grads(compiled, hidden, weight, bias)):
+        torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-7)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(hidden, weight, bias), loss(hidden, weight, bias), rtol=1e-6, atol=1e-7)
+
+
+def test_compiled_sparse_mlm_model_trains_like_eager() -> None:
+    torch._dynamo.reset()
+    tokenizer = load_tokenizer("bert-base-uncased")
+    torch.manual_seed(0)
+    eager = SPARSE_MLM["bert"](BertConfig(vocab_size=len(tokenizer), **TINY_BERT)).eval()
+    compiled_model = SPARSE_MLM["bert"](eager.config).eval()
+    compiled_model.load_state_dict(eager.state_dict())
+    compiled = torch.compile(compiled_model, backend="aot_eager")
+    for rows in (4, 3):  # a second batch with another number of masked tokens: the loss's shapes change
+        batch = masked_batch(tokenizer, rows=rows)
+        for model in (eager, compiled):
+            model.zero_grad()
+            model(**batch).loss.backward()
+        grads = dict(compiled_model.named_parameters())
+        for name, param in eager.named_parameters():
+            torch.testing.assert_close(grads[name].grad, param.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def pretrain_history(corpus: Path, root: Path, *extra: str) -> tuple[dict, list[float]]:
+    """A 3-step tiny BERT pretraining run through the CLI: its record and its training-loss curve."""
+    config = yaml.safe_dump(TINY_BERT, default_flow_style=True).strip()
+    assert main(["pretrain", "bert-tiny", "text", "--smoke", "--set", f"data.paths=[{corpus}]", f"model.config={config}",
+                 "data.block_size=32", "data.validation_fraction=0.1", "train.batch_size=4", "train.log_every=1",
+                 "train.max_steps=3", "eval.max_blocks=16", "eval.batch_size=8", *extra]) == 0
+    (path,) = (root / "results" / "pretrain").glob("*/run.json")
+    record = json.loads(path.read_text())
+    record["recipe"] = yaml.safe_load((path.parent / record["recipe"]).read_text())
+    path.unlink()
+    return record, [h["loss"] for h in record["history"] if "loss" in h]
+
+
+def test_train_compile_pretrains_as_eager(text_corpus: Path, isolated: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    eager, eager_losses = pretrain_history(text_corpus, isolated)
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    monkeypatch.setenv("ZOO_COMPILE_BACKEND", "aot_eager")
+    compiled, compiled_losses = pretrain_history(text_corpus, isolated, "train.compile=true")
+    assert compiled["status"] == "ok" and compiled["recipe"]["train"]["compile"] is True
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > 0  # the model ran through torch.compile
+    assert len(compiled_losses) == 3
+    assert compiled_losses == pytest.approx(eager_losses, rel=1e-5)
+    assert compiled["metrics"]["eval_loss"] == pytest.approx(eager["metrics"]["eval_loss"], rel=1e-5)
+    assert compiled["recipe_hash"] != eager["recipe_hash"]

@@ -64,7 +64,11 @@ class TrainSection:
     eval_every: int = setting(0, doc="Evaluate every N steps (0: only at the end).", low=0)
     save_every: int = setting(0, doc="Checkpoint every N steps (0: only at the end).", low=0)
     save_total_limit: int = setting(2, doc="Keep at most this many intermediate checkpoints.", low=1)
-    dataloader_workers: int = setting(0, doc="DataLoader worker processes.", low=0)
+    dataloader_workers: int | Literal["auto"] = setting(
+        "auto", doc="DataLoader worker processes (collation and MLM masking off the training process); auto: "
+        "0 without a GPU, with one up to 4 of the cores this process may use (pinned memory, prefetch 4).", low=0)
+    compile: bool = setting(False, doc="torch.compile the model (inductor; needs a C compiler such as gcc); the "
+                                       "fused loss stays one opaque op inside the compiled graph.")
     report_to: list[Dashboard] = setting(
         factory=list, doc="Live training dashboards through the Trainer's integrations, e.g. [tensorboard]; "
         "empty: none. Offline: they write under checkpoints/<run-id>/dashboards/ (wandb offline, mlflow and "
@@ -259,13 +263,24 @@ def merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
 # value hashes as if the setting did not exist, so committed run ids and GLUE cell ids stay valid.
 HASH_NEUTRAL: dict[tuple[str, str], Any] = {
     ("train", "batch_order"): "length-grouped",
+    ("train", "compile"): False,
     ("train", "report_to"): [],  # dashboards: the list to_dict writes; an empty one is no dashboard
 }
 
 
+# Values that hash as the value every earlier run had: `dataloader_workers: auto` (the default since it was
+# added) as 0, the earlier default. The worker count changes no result (MLM masks are keyed by block).
+HASH_ALIASES: dict[tuple[str, str], tuple[Any, Any]] = {
+    ("train", "dataloader_workers"): ("auto", 0),
+}
+
+
 def without_hash_neutral(data: dict[str, Any]) -> dict[str, Any]:
-    """`data` less the settings of HASH_NEUTRAL that hold their neutral value."""
+    """`data` less the settings of HASH_NEUTRAL that hold their neutral value, HASH_ALIASES resolved."""
     out = dict(data)
+    for (section, key), (value, alias) in HASH_ALIASES.items():
+        if isinstance(out.get(section), dict) and out[section].get(key) == value:
+            out[section] = {**out[section], key: alias}
     for (section, key), neutral in HASH_NEUTRAL.items():
         if isinstance(out.get(section), dict) and key in out[section] and out[section][key] == neutral:
             out[section] = {k: v for k, v in out[section].items() if k != key}

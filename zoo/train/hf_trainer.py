@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -21,18 +22,90 @@ from zoo.recipe.common import DeepSpeedSection, TrainSection
 from zoo.train.deepspeed import deepspeed_config, save_config
 from zoo.train.ranks import as_single_rank, is_distributed_launch, world_size
 
+# Set by `zoo glue --workers` in each worker process: the training processes that share this machine's cores.
+GRID_WORKERS_ENV = "ZOO_GRID_PROCESSES"
+
 
 class NonFiniteLoss(RuntimeError):
     """The training loss became NaN or infinite."""
 
 
-def precision_flags(precision: str) -> dict[str, bool]:
-    """TrainingArguments bf16/fp16 flags; 'auto' picks bf16 on a GPU that supports it, else fp32."""
+def gpu_has_bf16() -> bool:
+    """Whether the GPU computes bf16 natively (Ampere / compute capability 8.0 and later). torch's own
+    `is_bf16_supported()` also says yes where bf16 is only emulated (V100, T4), which is slower than fp16."""
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
+
+
+def resolve_precision(precision: str, gpu: bool, bf16_native: bool) -> str:
+    """fp32, bf16 or fp16 for `train.precision` on a machine with or without a GPU (and native bf16).
+
+    auto: bf16 autocast where the GPU has it, else fp16 autocast with loss scaling (the Trainer's GradScaler,
+    DeepSpeed's dynamic loss scale), fp32 without a GPU. An explicit bf16 or fp16 needs a GPU that has it.
+    """
     if precision == "auto":
-        precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
-    if precision != "fp32" and not torch.cuda.is_available():
+        return ("bf16" if bf16_native else "fp16") if gpu else "fp32"
+    if precision != "fp32" and not gpu:
         raise ZooError(f"train.precision={precision} needs a GPU; use fp32 or auto on CPU")
-    return {"bf16": precision == "bf16", "fp16": precision == "fp16"}
+    if precision == "bf16" and not bf16_native:
+        raise ZooError("train.precision=bf16: this GPU has no native bf16 (it needs compute capability 8.0, "
+                       "Ampere or later); use fp16 or auto")
+    return precision
+
+
+def precision_flags(precision: str) -> dict[str, bool]:
+    """TrainingArguments bf16/fp16 flags for `train.precision` on this machine (`resolve_precision`)."""
+    resolved = resolve_precision(precision, torch.cuda.is_available(), gpu_has_bf16())
+    return {"bf16": resolved == "bf16", "fp16": resolved == "fp16"}
+
+
+# DataLoader workers `auto` starts on a GPU machine: enough to keep collation and MLM masking (about 2 ms per
+# 256 x 128 batch on one core) off the training process, few enough for many processes per machine.
+AUTO_LOADER_WORKERS = 4
+
+
+def auto_loader_workers(gpu: bool, cores: int, processes: int) -> int:
+    """`train.dataloader_workers: auto`: 0 without a GPU (workers measured no faster on 2 CPU cores), else up to
+    AUTO_LOADER_WORKERS of this process's share of the `cores` (`processes` training processes on the machine),
+    one core left to the training process itself."""
+    if not gpu:
+        return 0
+    return max(1, min(AUTO_LOADER_WORKERS, cores // max(1, processes) - 1))
+
+
+# `train.compile` runs TrainingArguments' torch.compile backend, inductor, unless this names another one:
+# ZOO_COMPILE_BACKEND=aot_eager captures and traces the same graphs without generating code (tests, debugging).
+COMPILE_BACKEND_ENV = "ZOO_COMPILE_BACKEND"
+
+
+def compile_arguments(enabled: bool) -> dict[str, Any]:
+    """The TrainingArguments of `train.compile`; inductor without a C compiler is a one-line error here, not a
+    traceback at the first step."""
+    if not enabled:
+        return {"torch_compile": False}
+    backend = os.environ.get(COMPILE_BACKEND_ENV) or "inductor"
+    if backend == "inductor":
+        from torch._inductor.cpp_builder import get_cpp_compiler
+
+        compiler = get_cpp_compiler()
+        if shutil.which(compiler) is None:
+            raise ZooError(f"train.compile=true: inductor needs a C/C++ compiler ({compiler!r} is not on PATH); "
+                           "install gcc (apt-get install g++) or set train.compile=false")
+    return {"torch_compile": True, "torch_compile_backend": backend}
+
+
+def usable_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def loader_arguments(workers: int | str) -> dict[str, Any]:
+    """The TrainingArguments of the DataLoader: `workers` (a count or 'auto'), pinned memory and prefetch on a
+    GPU. Workers are not persistent: each epoch's workers start after the epoch callback has advanced the MLM
+    collator's epoch, whose masks they draw."""
+    gpu = torch.cuda.is_available()
+    processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) * int(os.environ.get(GRID_WORKERS_ENV, "1"))
+    count = auto_loader_workers(gpu, usable_cores(), processes) if workers == "auto" else int(workers)
+    return {"dataloader_num_workers": count, "dataloader_pin_memory": gpu,
+            "dataloader_prefetch_factor": 4 if count and gpu else None, "dataloader_persistent_workers": False}
 
 
 def optimisation_arguments(t: TrainSection, eval_batch_size: int) -> dict[str, Any]:
@@ -51,7 +124,8 @@ def optimisation_arguments(t: TrainSection, eval_batch_size: int) -> dict[str, A
         "seed": t.seed,
         "data_seed": t.seed,
         "max_grad_norm": t.max_grad_norm,
-        "dataloader_num_workers": t.dataloader_workers,
+        **loader_arguments(t.dataloader_workers),
+        **compile_arguments(t.compile),
         "logging_nan_inf_filter": False,
         "remove_unused_columns": False,
         "report_to": list(t.report_to),
