@@ -24,6 +24,7 @@ COMMAND_MODULES = [
     "zoo.commands.glue",
     "zoo.commands.infer",
     "zoo.commands.leaderboard",
+    "zoo.commands.demo",
 ]
 
 

@@ -80,18 +80,26 @@ def lm_line(board: Board, run: dict[str, Any], links: Links) -> dict[str, str]:
     }
 
 
+LM_NUMBER_COLUMNS = ["Size", "Tokens seen", "Perplexity", "Eval loss", "Wall time"]
+
+
+def ordered_lm_runs(board: Board, kind: str) -> list[tuple[str, list[dict[str, Any]]]]:
+    """(corpus, its runs) in table order: corpora sorted, finished runs first, by objective then perplexity."""
+    runs = board.lm[board.lm["kind"] == kind].assign(failed=lambda f: f["status"] != "ok")
+    return [(str(corpus), group.sort_values(["failed", "objective", "perplexity", "run_id"], kind="mergesort")
+             .to_dict("records")) for corpus, group in runs.groupby("corpus", sort=True)]
+
+
 def lm_tables(board: Board, kind: str, links: Links, level: int) -> str:
     """One table per corpus (finished runs first, by objective then perplexity)."""
-    runs = board.lm[board.lm["kind"] == kind].assign(failed=lambda f: f["status"] != "ok")
-    if runs.empty:
+    groups = ordered_lm_runs(board, kind)
+    if not groups:
         noun = "pretraining" if kind == "pretrain" else "continued-training"
         return f"_No {noun} runs recorded yet._"
     parts = []
-    for corpus, group in runs.groupby("corpus", sort=True):
-        ordered = group.sort_values(["failed", "objective", "perplexity", "run_id"], kind="mergesort")
-        frame = pd.DataFrame([lm_line(board, run, links) for run in ordered.to_dict("records")])
-        parts.append(f"{'#' * level} {corpus}\n\n"
-                     + render_table(frame, right=["Size", "Tokens seen", "Perplexity", "Eval loss", "Wall time"]))
+    for corpus, ordered in groups:
+        frame = pd.DataFrame([lm_line(board, run, links) for run in ordered])
+        parts.append(f"{'#' * level} {corpus}\n\n" + render_table(frame, right=LM_NUMBER_COLUMNS))
     note = ("Perplexity: exp(token-weighted mean NLL) on the held-out split; MLM and CLM perplexities are not "
             "comparable." if kind == "pretrain" else
             "Perplexity before → after continued training, on the same held-out split.")
@@ -127,9 +135,14 @@ def reference_rows(board: Board, links: Links) -> list[dict[str, str]]:
     return rows
 
 
+def glue_rows(board: Board, links: Links) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+    """(the zoo models' rows, ranked; the published reference rows) of the GLUE table."""
+    return [zoo_glue_row(board, line, links) for line in zoo_glue_lines(board.grids)], reference_rows(board, links)
+
+
 def glue_section(board: Board, links: Links, level: int) -> str:
-    zoo_rows = [zoo_glue_row(board, line, links) for line in zoo_glue_lines(board.grids)]
-    rows = [*zoo_rows, *reference_rows(board, links)]
+    zoo_rows, references = glue_rows(board, links)
+    rows = [*zoo_rows, *references]
     parts = [] if zoo_rows else ["_No GLUE runs recorded yet._"]
     if rows:
         labels = [c.label for c in GLUE_COLUMNS]
