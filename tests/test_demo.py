@@ -256,6 +256,9 @@ def test_fill_mask_gives_k_words_per_mask_with_probabilities(client, models: Mod
         assert all(0 < p <= 1 for p in probabilities) and sum(probabilities) <= 1 + 1e-6
     top = [r for r in rows if r[1] == 1]
     assert best.startswith("Top prediction: ") and all(f"**{r[2]}**" in best for r in top)
+    about = client.predict(models.bert, api_name="/describe")
+    assert about.startswith("`bert-tiny-demo` is a masked language model: Fill mask.") and "`<mask>`" in about
+    assert client.predict(models.classifier, api_name="/describe").endswith("is a sequence classifier: Classify.")
 
 
 @needs_gradio
@@ -320,7 +323,7 @@ def test_a_real_browser_fills_the_mask_and_nothing_leaves_loopback(client, serve
 
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=["--no-sandbox"])
-        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page = browser.new_page(viewport={"width": 1700, "height": 900})
         page.route("**/*", route)
         page.goto(server)
         table = page.locator("#table-pretrain")

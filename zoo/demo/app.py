@@ -69,7 +69,7 @@ class DemoState:
         tables = views.leaderboard_tables(self.board, self.links)
         frames = [table_component(tables[name]) for name, _, _ in SECTIONS]
         headings = [section_heading(title, tables[name], empty) for name, title, empty in SECTIONS]
-        counts = f"{len(self.board.lm)} LM runs, {len(self.board.cells)} GLUE cells from {self.board.root}"
+        counts = f"{len(self.board.lm)} LM runs, {len(self.board.cells)} GLUE cells from {shown_path(self.board.root)}"
         return (*frames, *headings, gr.Dropdown(choices=views.run_choices(self.board)), counts)
 
     def run(self, run_id: str | None) -> tuple[Any, ...]:
@@ -102,6 +102,14 @@ class DemoState:
     def classify(self, name: str, text: str, pair: str) -> tuple[dict[str, float] | None, str]:
         labels, error = playground.attempt(lambda: playground.classify(self.cache, name, text, pair or ""), None)
         return labels, message(error)
+
+
+def shown_path(path: Path) -> str:
+    """`path` relative to the working directory when it is inside it."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve())) or "."
+    except ValueError:
+        return str(path)
 
 
 def view_outputs(view: views.RunView, note: str) -> tuple[Any, ...]:
@@ -157,14 +165,15 @@ def runs_tab(state: DemoState) -> tuple[Any, ...]:
                             color_map={"train": "#1f77b4", "eval": "#ff7f0e"}, elem_id="run-curve")
     glue = gr.Markdown()
     heatmaps = gr.Gallery(label="GLUE grids: dev score (%) per batch size × learning rate; red frame: chosen",
-                          columns=3, height="auto", object_fit="contain", format="png", elem_id="run-heatmaps")
+                          columns=3, height=780, object_fit="contain", format="png", elem_id="run-heatmaps")
     recipe = gr.Code(language="yaml", label="Recipe (zoo pretrain --recipe FILE reproduces the run)")
     outputs = [summary, curve, glue, heatmaps, recipe, note]
     pick.change(state.run, inputs=pick, outputs=outputs, api_name="run")
     return pick, outputs
 
 
-def try_tab(state: DemoState) -> None:
+def try_tab(state: DemoState) -> tuple[Any, Any]:
+    """The model picker and its description, then the Fill mask, Generate and Classify panels."""
     import gradio as gr
 
     choices = playground.model_choices()
@@ -199,13 +208,14 @@ def try_tab(state: DemoState) -> None:
         cls_note = gr.Markdown(elem_classes="zoo-message")
         labels = gr.Label(label="Label and probabilities (the task's label names)")
         go.click(state.classify, inputs=[model, sentence, pair], outputs=[labels, cls_note], api_name="classify")
+    return model, about
 
 
 def build(state: DemoState) -> Any:
     """The gr.Blocks of the app; the tables and the first run fill in when a page loads."""
     import gradio as gr
 
-    with gr.Blocks(title="zoo demo", analytics_enabled=False) as blocks:
+    with gr.Blocks(title="zoo demo", analytics_enabled=False, fill_width=True) as blocks:
         gr.Markdown("# zoo: the model zoo\nRun records, leaderboards and the models to try. Nothing here "
                     "leaves this machine.")
         with gr.Tabs():
@@ -214,11 +224,12 @@ def build(state: DemoState) -> Any:
             with gr.Tab("Runs", id="runs"):
                 pick, run_outputs = runs_tab(state)
             with gr.Tab("Try it", id="try"):
-                try_tab(state)
+                model, about = try_tab(state)
         tables = [*frames, *headings, pick, counts]
         reload.click(state.leaderboard, outputs=tables, api_name="leaderboard")
         blocks.load(state.leaderboard, outputs=tables, api_visibility="private").then(
-            state.run, inputs=pick, outputs=run_outputs, api_visibility="private")
+            state.run, inputs=pick, outputs=run_outputs, api_visibility="private").then(
+            state.describe, inputs=model, outputs=about, api_visibility="private")
     return blocks
 
 

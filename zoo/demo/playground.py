@@ -103,7 +103,7 @@ def describe(name: str) -> str:
     if not name or not name.strip():
         return "Pick a model: a run id, a checkpoint directory, a registry name or a hub id."
     kind = model_kind(require_model(name))
-    hint = " Write [MASK] (or <mask>) for a missing word: the model's own mask token is used." if kind == "mlm" else ""
+    hint = " Write `[MASK]` (or `<mask>`) for a missing word: the model's mask token is used." if kind == "mlm" else ""
     return f"`{name.strip()}` is {KIND_TEXT[kind]}.{hint}"
 
 
