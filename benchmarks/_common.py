@@ -221,8 +221,9 @@ def fmt_ratio(value: float) -> str:
 
 def course_glue_splits(task_key: str, model: str, max_length: int, max_train: int | None = None,
                        max_eval: int | None = None) -> tuple[Any, Any, Any]:
-    """(tokenizer, train, dev) of a sentence-pair GLUE task the way the HF course tokenizes it: `Dataset.map`
-    over the raw text with truncation, every run (the baselines' data path; zoo's reader gives the text)."""
+    """(tokenizer, train, dev) of a GLUE task (one sentence or a pair; MNLI's dev is the matched one) the way
+    the HF course tokenizes it: `Dataset.map` over the raw text with truncation, every run (the baselines'
+    data path; zoo's reader gives the text)."""
     from datasets import Dataset
     from transformers import AutoTokenizer
 
@@ -230,16 +231,21 @@ def course_glue_splits(task_key: str, model: str, max_length: int, max_train: in
     from zoo.glue.tasks import get_task
 
     task = get_task(task_key)
-    train, dev = read_split(task, "train"), read_split(task, "dev")
-    raw_train = Dataset.from_dict({"sentence1": train.text_a, "sentence2": train.text_b, "label": train.labels})
-    raw_dev = Dataset.from_dict({"sentence1": dev.text_a, "sentence2": dev.text_b, "label": dev.labels})
-    if max_train:
-        raw_train = raw_train.select(range(min(max_train, len(raw_train))))
-    if max_eval:
-        raw_dev = raw_dev.select(range(min(max_eval, len(raw_dev))))
+    train, dev = read_split(task, "train"), read_split(task, task.splits_for("dev")[0].name)
+    pair = train.text_b is not None
+
+    def raw(examples: Any, limit: int | None) -> Any:
+        columns = {"sentence1": examples.text_a, "label": examples.labels}
+        if pair:
+            columns["sentence2"] = examples.text_b
+        dataset = Dataset.from_dict(columns)
+        return dataset.select(range(min(limit, len(dataset)))) if limit else dataset
+
+    raw_train, raw_dev = raw(train, max_train), raw(dev, max_eval)
     tokenizer = AutoTokenizer.from_pretrained(model)
 
     def tokenize_function(example: dict[str, list]) -> Any:
-        return tokenizer(example["sentence1"], example["sentence2"], truncation=True, max_length=max_length)
+        second = example["sentence2"] if pair else None
+        return tokenizer(example["sentence1"], second, truncation=True, max_length=max_length)
 
     return tokenizer, raw_train.map(tokenize_function, batched=True), raw_dev.map(tokenize_function, batched=True)
