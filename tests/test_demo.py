@@ -71,7 +71,8 @@ class Models:
     checkpoints: Path
     bert: str  # run ids under `checkpoints`
     gpt2: str
-    classifier: str  # a saved GLUE cell's directory
+    classifier: str  # a saved GLUE cell's directory (RTE)
+    regressor: str  # one of STS-B
     corrupt: str
 
 
@@ -91,10 +92,14 @@ def make_models(root: Path) -> Models:
     BertForSequenceClassification(BertConfig(vocab_size=bert_tokenizer.vocab_size, num_labels=2,
                                              **TINY_BERT)).save_pretrained(cell)
     bert_tokenizer.save_pretrained(cell)
+    stsb = checkpoints / "glue" / "bert-tiny-demo" / "stsb" / "bs16-lr1e-04-s42-demo"
+    BertForSequenceClassification(BertConfig(vocab_size=bert_tokenizer.vocab_size, num_labels=1,
+                                             problem_type="regression", **TINY_BERT)).save_pretrained(stsb)
+    bert_tokenizer.save_pretrained(stsb)
     corrupt = save_tiny_bert(root / "corrupt")
     weights = corrupt / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
-    return Models(checkpoints, "bert-tiny-demo", "gpt2-demo", str(cell), str(corrupt))
+    return Models(checkpoints, "bert-tiny-demo", "gpt2-demo", str(cell), str(stsb), str(corrupt))
 
 
 def free_port() -> int:
@@ -271,6 +276,8 @@ def test_generation_is_seeded_and_classification_names_the_tasks_labels(client, 
     confidences = {c["label"]: c["confidence"] for c in labels["confidences"]}
     assert set(confidences) == {"entailment", "not_entailment"}  # RTE's, from the cell's directory
     assert sum(confidences.values()) == pytest.approx(1.0, abs=1e-5)
+    score, note = client.predict(models.regressor, "A man is playing.", "Someone plays.", api_name="/classify")
+    assert note == "" and re.fullmatch(r"score -?\d+\.\d{3}", score["label"]), score
 
 
 @needs_gradio

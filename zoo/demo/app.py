@@ -99,9 +99,10 @@ class DemoState:
             None if seed is None else int(seed)), "")
         return text, message(error)
 
-    def classify(self, name: str, text: str, pair: str) -> tuple[dict[str, float] | None, str]:
-        labels, error = playground.attempt(lambda: playground.classify(self.cache, name, text, pair or ""), None)
-        return labels, message(error)
+    def classify(self, name: str, text: str, pair: str) -> tuple[dict[str, float] | str | None, str]:
+        """Label -> probability for the gr.Label; a regression head's score as its text."""
+        result, error = playground.attempt(lambda: playground.classify(self.cache, name, text, pair or ""), None)
+        return (f"score {result:.3f}" if isinstance(result, float) else result), message(error)
 
 
 def shown_path(path: Path) -> str:

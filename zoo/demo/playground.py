@@ -251,8 +251,8 @@ def generate(cache: ModelCache, name: str, prompt: str, max_new_tokens: int, tem
         return sample(cache.get(name, "clm"), prompt, sampling)[0]
 
 
-def classify(cache: ModelCache, name: str, text: str, pair: str) -> dict[str, float]:
-    """Label -> probability (a regression head: {'score': value})."""
+def classify(cache: ModelCache, name: str, text: str, pair: str) -> dict[str, float] | float:
+    """Label -> probability; a regression head (STS-B): its score."""
     import torch
 
     name, text = require_model(name), require_text(text, "sentence")
@@ -263,5 +263,5 @@ def classify(cache: ModelCache, name: str, text: str, pair: str) -> dict[str, fl
         with torch.no_grad():
             logits = clf.model(**{k: v.to(clf.model.device) for k, v in encoded.items()}).logits[0].float().cpu()
     if clf.labels is None:
-        return {"score": float(logits[0])}
+        return float(logits[0])
     return {label: float(p) for label, p in zip(clf.labels, logits.softmax(-1))}
