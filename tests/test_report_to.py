@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import TINY_BERT
+from tests.conftest import TINY_BERT, save_tiny_bert
 from tests.test_pretrain import only_record, tiny_args
 from zoo.cli import main
 from zoo.paths import recipes_dir
@@ -87,3 +87,23 @@ def test_a_dashboard_that_is_not_installed_is_one_line_before_training(
     assert err == ["zoo: error: train.report_to=['wandb'] needs wandb: pip install wandb "
                    "(tensorboard: pip install -e '.[dashboards]')"]
     assert not list((isolated / "checkpoints").glob("*/checkpoint-*"))
+
+
+def test_a_glue_cell_keeps_its_tensorboard_events_and_its_id(tmp_path: Path, isolated: Path) -> None:
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    model = save_tiny_bert(tmp_path / "tiny-bert")
+    tiny = ["--smoke", "--set", "task.max_train_examples=32", "task.max_eval_examples=16", "train.epochs=2"]
+    assert main(["glue", str(model), "--task", "rte", *tiny, "train.report_to=[tensorboard]"]) == 0
+    [record] = (isolated / "results" / "glue" / "tiny-bert" / "rte").glob("*/run.json")
+    events = list((isolated / "checkpoints" / "glue" / "tiny-bert" / "rte" / record.parent.name / "dashboards")
+                  .rglob("events.out.tfevents.*"))
+    assert events
+    accumulator = EventAccumulator(str(events[0].parent))
+    accumulator.Reload()
+    losses = [event.value for event in accumulator.Scalars("train/loss")]
+    logged = [epoch["train_loss"] for epoch in json.loads(record.read_text())["epochs"]]
+    assert losses == pytest.approx(logged, rel=1e-6)
+    assert main(["glue", str(model), "--task", "rte", *tiny]) == 0  # the same cell: already done
+    assert len(list(record.parent.parent.iterdir())) == 1

@@ -160,9 +160,10 @@ def rank_train_section(t: TrainSection, world: int) -> TrainSection:
     return dataclasses.replace(t, batch_size=t.batch_size // world)
 
 
-def glue_training_arguments(recipe: GlueRecipe, output_dir: str, engine: dict[str, Any] | None = None) -> Any:
+def glue_training_arguments(recipe: GlueRecipe, output_dir: str, engine: dict[str, Any] | None = None,
+                            dashboard_dir: Path | None = None) -> Any:
     return training_arguments(
-        output_dir, rank_train_section(recipe.train, world_size()), recipe.eval.batch_size, engine,
+        output_dir, rank_train_section(recipe.train, world_size()), recipe.eval.batch_size, engine, dashboard_dir,
         eval_strategy="epoch",
         logging_strategy="epoch",
         save_strategy="no",
@@ -256,7 +257,8 @@ def train_and_evaluate(cell: Cell, record: GlueRecord, predict_test: bool) -> No
         record.launch = {"world_size": world_size(), "deepspeed": True, "zero_stage": 0}
         record.deepspeed_config = DEEPSPEED_CONFIG_FILE
     with tempfile.TemporaryDirectory(prefix="zoo-glue-") as scratch:
-        trainer = GlueTrainer(model=model, args=glue_training_arguments(recipe, scratch, engine),
+        args = glue_training_arguments(recipe, scratch, engine, cell.work_dir / "dashboards")
+        trainer = GlueTrainer(model=model, args=args,
                               train_dataset=cell_inputs.train, eval_dataset=cell_inputs.dev,
                               data_collator=collator, compute_metrics=metrics_function(task), callbacks=[history],
                               batch_order=recipe.train.batch_order)

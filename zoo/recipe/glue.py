@@ -168,7 +168,7 @@ def glue_recipe_yaml(recipe: GlueRecipe) -> str:
 
 
 # Settings that change how a cell computes, never what: a cell run either way is the same cell.
-EXECUTION_ONLY = ("prune_vocabulary",)
+EXECUTION_ONLY = ("prune_vocabulary", "report_to")
 
 
 def glue_recipe_hash(recipe: GlueRecipe) -> str:
