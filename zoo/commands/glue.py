@@ -26,6 +26,7 @@ EXAMPLES = """examples:
   zoo glue checkpoints/<run>/final --grid --workers 2                     # the classic grid, all tasks with data
   zoo glue <run-id> --grid --tasks cola,rte --predict-test                # + GLUE submission files
   zoo glue <run-id> --grid --tasks mnli,qqp --gpus 8                       # each cell data-parallel on 8 GPUs
+  zoo glue <run-id> --grid --workers 8 --gpus 2                           # 8 cells at a time on each of 2 GPUs
   zoo glue --recipe results/glue/<tag>/rte/<cell>/recipe.yaml             # reproduce a cell
 """
 
@@ -64,8 +65,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--grid", action="store_true", help="run the recipe's grid (default: every task with data)")
     parser.add_argument("--tasks", help="comma-separated tasks of the grid, e.g. cola,rte (sets grid.tasks)")
     parser.add_argument("--workers", type=int, default=1, metavar="N",
-                        help="cells run in N parallel processes (one GPU each when there are GPUs); for big "
-                             "tasks use --nproc/--gpus instead: every cell trains data-parallel on all of them")
+                        help="cells run in N parallel processes, N on each visible GPU when there are GPUs "
+                             "(with --gpus K: on each of the first K); for big tasks use --nproc/--gpus without "
+                             "--workers instead: every cell trains data-parallel on all of them")
     parser.add_argument("--predict-test", action="store_true",
                         help="write the best cell's test predictions per task in the GLUE submission format")
     parser.add_argument("--predict-dir", metavar="DIR",
@@ -225,6 +227,20 @@ def engine_options(args: argparse.Namespace) -> dict[str, Any]:
     return {}
 
 
+def spread_over_gpus(args: argparse.Namespace) -> None:
+    """`--workers N --gpus K` (N > 1, no other launch flag): the N cells per GPU on the first K GPUs, not a
+    launch; this process's CUDA_VISIBLE_DEVICES narrowed to them before any worker starts."""
+    if args.workers <= 1 or args.gpus is None or any(getattr(args, f, None) is not None
+                                                     for f in ("nproc", "hostfile", "nodes")):
+        return
+    import os
+
+    from zoo.glue.grid import choose_gpus, gpu_ids
+
+    os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(choose_gpus(args.gpus, gpu_ids()))
+    args.gpus = None
+
+
 def check_launch(args: argparse.Namespace, cells: list[Any]) -> None:
     """--workers and a launch do not mix; every cell's batch must split evenly over the processes."""
     if args.workers < 1:
@@ -232,8 +248,8 @@ def check_launch(args: argparse.Namespace, cells: list[Any]) -> None:
     if not launch_requested(args):
         return
     if args.workers > 1:
-        raise ZooError("give --workers (cells side by side) or --nproc/--gpus/--hostfile (each cell on every "
-                       "process), not both")
+        raise ZooError("give --workers (cells side by side; with --gpus K, on K GPUs) or --nproc/--hostfile "
+                       "(each cell on every process), not both")
     per_node = args.nproc or args.gpus
     world = per_node * (args.nodes or 1) if per_node and not args.hostfile else None  # else known in the ranks
     uneven = sorted({c.recipe.train.batch_size for c in cells if world and c.recipe.train.batch_size % world})
@@ -263,6 +279,7 @@ def request_from_args(args: argparse.Namespace) -> Any:
 def run_command(args: argparse.Namespace) -> int:
     if args.list_tasks:
         return list_tasks()
+    spread_over_gpus(args)  # before anything is planned or written: a GPU-less machine is a one-line error
     from zoo.glue.runner import cells_to_run, plan_cells
     from zoo.model.loading import check_loadable
     from zoo.model.resolve import resolve_model
@@ -345,4 +362,7 @@ def run_mode_of(request: Any) -> str:
         return f"on {request.engine}"
     if is_distributed_launch():
         return f"each cell on {world_size()} processes"
-    return f"{request.workers} worker(s)"
+    from zoo.glue.grid import gpu_ids
+
+    gpus = gpu_ids()
+    return f"{request.workers} worker(s) per GPU on {len(gpus)} GPU(s)" if gpus else f"{request.workers} worker(s)"

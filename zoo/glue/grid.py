@@ -12,7 +12,9 @@ workers) never run a cell twice. Within one invocation each cell is queued once,
 fails is not retried until the next invocation.
 
 Workers (`--workers N`) are processes started with `spawn`; each takes cells from a shared queue.
-With GPUs, worker i sees only GPU i mod #GPUs; on CPU each worker gets cores // N torch threads.
+On CPU there are N workers; with GPUs, N workers per visible GPU (a bert-tiny cell uses a small fraction of
+an H100), worker i seeing only GPU i mod #GPUs through CUDA_VISIBLE_DEVICES (`worker_devices`). Each
+worker gets cores // workers torch threads.
 
 Launched (`zoo glue ... --nproc N`, see zoo.train.launch), the ranks walk the same cells one after the
 other and train each one together (data parallel through DeepSpeed); rank 0 takes the claims, makes
@@ -42,6 +44,7 @@ from zoo.glue.cell import Cell, is_done
 from zoo.glue.finetune import run_cell
 from zoo.model.resolve import resolve_model
 from zoo.record.store import now_iso
+from zoo.train.hf_trainer import GRID_WORKERS_ENV, usable_cores
 from zoo.train.ranks import RankTerminated, is_distributed_launch, is_main_rank, shared_from_main
 
 LOCK_FILE = ".lock"
@@ -148,8 +151,27 @@ def warm_caches(cells: list[Cell], predict_test: bool) -> dict[str, str]:
 
 
 def worker_threads(workers: int) -> int:
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, cores // workers)
+    return max(1, usable_cores() // workers)
+
+
+def worker_devices(per_gpu: int, gpus: list[str], cells: int) -> list[str | None]:
+    """The CUDA_VISIBLE_DEVICES of each grid worker: `per_gpu` workers on each of `gpus` (worker i on GPU
+    i mod #GPUs, so the first cells spread over every GPU), no more workers than `cells`; None (no GPU):
+    `per_gpu` CPU workers."""
+    devices: list[str | None] = [gpus[i % len(gpus)] for i in range(per_gpu * len(gpus))] if gpus else [None] * per_gpu
+    return devices[:max(1, cells)]
+
+
+def choose_gpus(requested: int, visible: list[str]) -> list[str]:
+    """The first `requested` of the `visible` GPUs (`zoo glue --workers N --gpus K`), or a one-line error."""
+    if requested < 1:
+        raise ZooError(f"--gpus must be at least 1, got {requested}")
+    if not visible:
+        raise ZooError(f"--gpus {requested}: this machine has no GPU that torch can use; drop --gpus to run the "
+                       "--workers cells side by side on the CPU")
+    if requested > len(visible):
+        raise ZooError(f"--gpus {requested}: only {len(visible)} GPU(s) visible ({','.join(visible)})")
+    return visible[:requested]
 
 
 def gpu_ids() -> list[str]:
@@ -199,24 +221,26 @@ def _worker(cells: Any, outcomes: Any, threads: int, parent: int, predict_test: 
         return
 
 
-def start_workers(workers: int, args: tuple[Any, ...]) -> list[Any]:
-    """Spawned worker processes; with GPUs, worker i sees only GPU i mod #GPUs."""
+def start_workers(devices: list[str | None], args: tuple[Any, ...]) -> list[Any]:
+    """A spawned worker process per entry of `devices` (`worker_devices`), each seeing only its GPU."""
     context = multiprocessing.get_context("spawn")
-    gpus = gpu_ids()
-    saved = os.environ.get("CUDA_VISIBLE_DEVICES")
+    keys = ("CUDA_VISIBLE_DEVICES", GRID_WORKERS_ENV)
+    saved = {key: os.environ.get(key) for key in keys}
     processes = []
     try:
-        for index in range(workers):
-            if gpus:  # read by the child at start-up, before it initialises CUDA
-                os.environ["CUDA_VISIBLE_DEVICES"] = gpus[index % len(gpus)]
+        os.environ[GRID_WORKERS_ENV] = str(len(devices))  # `dataloader_workers: auto` shares the cores
+        for index, device in enumerate(devices):
+            if device is not None:  # read by the child at start-up, before it initialises CUDA
+                os.environ["CUDA_VISIBLE_DEVICES"] = device
             process = context.Process(target=_worker, name=f"zoo-glue-{index}", args=args)
             process.start()
             processes.append(process)
     finally:
-        if saved is None:
-            os.environ.pop("CUDA_VISIBLE_DEVICES", None)
-        else:
-            os.environ["CUDA_VISIBLE_DEVICES"] = saved
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
     return processes
 
 
@@ -231,15 +255,16 @@ def stop_workers(processes: list[Any], grace: float) -> None:
             process.join()
 
 
-def run_parallel(todo: list[Cell], workers: int, predict_test: bool, force: bool,
+def run_parallel(todo: list[Cell], devices: list[str | None], predict_test: bool, force: bool,
                  on_outcome: Callable[[Outcome], None]) -> None:
     context = multiprocessing.get_context("spawn")
     cells, outcomes = context.Queue(), context.Queue()
     for cell in todo:
         cells.put(cell)
-    for _ in range(workers):
+    for _ in devices:
         cells.put(None)
-    processes = start_workers(workers, (cells, outcomes, worker_threads(workers), os.getpid(), predict_test, force))
+    threads = worker_threads(len(devices))
+    processes = start_workers(devices, (cells, outcomes, threads, os.getpid(), predict_test, force))
     received = 0
     try:
         while received < len(todo):
@@ -257,7 +282,8 @@ def run_parallel(todo: list[Cell], workers: int, predict_test: bool, force: bool
 
 def run_grid(cells: list[Cell], workers: int = 1, predict_test: bool = False, force: bool = False,
              on_outcome: Callable[[Outcome], None] | None = None) -> GridReport:
-    """Run every cell that is not done (all with `force`); a failing cell is recorded and skipped."""
+    """Run every cell that is not done (all with `force`); a failing cell is recorded and skipped. `workers`
+    cells run at a time on CPU, `workers` per visible GPU on a GPU machine."""
     report = GridReport()
     todo = [c for c in cells if force or not is_done(c)]
     if is_distributed_launch():  # the ranks must walk the same cells, whatever another grid writes meanwhile
@@ -276,13 +302,13 @@ def run_grid(cells: list[Cell], workers: int = 1, predict_test: bool = False, fo
         warm_caches(todo, predict_test)
     if launched:
         shared_from_main(None)  # the other ranks read the caches rank 0 has just written
-    workers = max(1, min(workers, len(todo)))
+    devices = worker_devices(max(1, workers), gpu_ids(), len(todo))
     try:
-        if workers == 1 or launched:
+        if len(devices) == 1 or launched:
             for cell in todo:
                 collect(run_claimed(cell, predict_test, force))
         else:
-            run_parallel(todo, workers, predict_test, force, collect)
+            run_parallel(todo, devices, predict_test, force, collect)
     except KeyboardInterrupt:
         report.interrupted = True
     return report
