@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from zoo.cli import main
-from zoo.leaderboard import figures, glue_index, glue_view, load, outputs, render
+from zoo.leaderboard import figures, glue_index, glue_view, lm_view, load, outputs, render
 from zoo.leaderboard.readme import update_readme_text, write_readme
 from zoo.leaderboard.text import Links
 from zoo.recipe.glue import cell_recipe, glue_recipe_hash, glue_recipe_yaml, load_glue_recipe, single_cell
@@ -37,6 +37,7 @@ ENVIRONMENT = {"hardware": {"device": "NVIDIA H200", "gpus": 1}, "versions": {"z
                "git": {"commit": "0" * 40, "dirty": False}}
 CPU = {"hardware": {"device": "CPU x2", "gpus": 0}, "versions": {"zoo": "0.1.0"}, "git": {"commit": None}}
 TINY_RUN = "bert-tiny-wikipedia-20250101-000000"
+OLD_TINY_RUN = "bert-tiny-wikipedia-20241201-000000"  # an older, worse run of the same model and corpus
 README_TEMPLATE = ("# project\r\n\r\nSome text with trailing spaces   \r\n\n## Model zoo\n\n### Pretraining\n\n"
                    "<!-- zoo:leaderboard:pretrain:start -->\nold table\n<!-- zoo:leaderboard:pretrain:end -->\n\n"
                    "### GLUE\n\n<!-- zoo:leaderboard:glue:start --><!-- zoo:leaderboard:glue:end -->\n\nünïcode tail")
@@ -98,6 +99,16 @@ def write_lm_runs(root: Path) -> None:
               lm_record("bert-tiny", "imdb", "mlm", name="bert-tiny-wwm", wall_time_s=59.4, environment=CPU,
                         metrics={"eval_loss": 3.1001, "perplexity": 22.2}),
               lm_recipe("pretrain", "bert-tiny", "imdb", 500, name="bert-tiny-wwm"))
+    # replaced by better runs of their model and corpus: off the tables unless --all-runs
+    write_run(root, "pretrain", OLD_TINY_RUN,
+              lm_record("bert-tiny", "wikipedia", "mlm", tokens_seen=2_457_600, wall_time_s=1188.0, environment=CPU,
+                        metrics={"eval_loss": 7.2689, "perplexity": 1435.21}, history=curve([7.5, 7.3], [7.27])),
+              lm_recipe("pretrain", "bert-tiny", "wikipedia", 300))
+    write_run(root, "pretrain", "gpt2-mini-wikipedia-20250108-000000",
+              lm_record("gpt2-mini", "wikipedia", "clm", status="failed", params=11_470_080, tokens_seen=None,
+                        reason="NonFiniteLoss: training loss became nan at step 40",
+                        metrics={"eval_loss": 0.5, "perplexity": 1.65}, history=curve([6.0], [])),
+              lm_recipe("pretrain", "gpt2-mini", "wikipedia", 20000))
     write_run(root, "finetune", "distilgpt2-wikitext-2-20250107-000000",
               lm_record("distilgpt2", "wikitext-2", "clm", kind="finetune", params=81_912_576,
                         before={"eval_loss": 4.1, "perplexity": 60.34},
@@ -235,19 +246,136 @@ def test_smoke_runs_stay_off_unless_asked_for(results: Path) -> None:
 
 def test_glue_average_convention_reproduces_every_published_reference_score(results: Path) -> None:
     references = load.load_references(results)
-    assert [r.model for r in references] == ["BERT-Tiny", "BERT-Mini", "BERT-Small", "BERT-Medium"]
-    for reference in references:
+    assert [(r.model, r.split) for r in references] == [
+        ("BERT-Tiny", "dev"), ("BERT-Mini", "dev"),  # classic-zoo.yaml: no published score
+        ("BERT-Tiny", "test"), ("BERT-Mini", "test"), ("BERT-Small", "test"), ("BERT-Medium", "test")]
+    published = [reference for reference in references if reference.score is not None]
+    assert len(published) == 4
+    for reference in published:
         average, count = glue_view.line_average(reference.tasks)
         assert count == 9
         assert abs(average - reference.score) < 0.1, (reference.model, average)  # per-task values are rounded
 
 
-def test_reference_rows_are_labelled_as_published_test_numbers(results: Path) -> None:
+def test_reference_rows_are_labelled_with_their_split_and_source(results: Path) -> None:
     glue = render.section(load.load_board(results), "glue", Links(results), 3)
-    row = next(line for line in glue.splitlines() if line.startswith("| BERT-Tiny (reference)"))
-    assert "test, [Turc et al. 2019](reference/turc2019.yaml)" in row
-    assert "81.1/71.1" in row and "64.2" in row
+    row = next(line for line in glue.splitlines() if "test, [Turc et al. 2019](reference/turc2019.yaml)" in line)
+    assert row.startswith("| BERT-Tiny (reference)") and "81.1/71.1" in row and "| 64.2 |" in row.replace("  ", "")
     assert "test-set" in glue
+
+
+def test_classic_zoo_glue_rows_are_dev_numbers_with_mnli_matched_only(results: Path) -> None:
+    """The single published MNLI number is matched accuracy; without mismatched MNLI has no task score, so the
+    average is the table's own over the other eight tasks, labelled so (the convention classic-zoo.yaml states)."""
+    import yaml
+
+    data = yaml.safe_load((results / "reference" / "classic-zoo.yaml").read_text())
+    glue = render.section(load.load_board(results), "glue", Links(results), 3)
+    rows = [line for line in glue.splitlines() if "dev, [classic model zoo](reference/classic-zoo.yaml)" in line]
+    assert len(rows) == 2 == len(data["rows"])
+    for row, published in zip(rows, data["rows"]):
+        cells = [cell.strip() for cell in row.split("|")[1:-1]]
+        assert cells[0] == f"{published['model']} (reference)"
+        mnli = cells[2 + [c.task for c in glue_view.GLUE_COLUMNS].index("mnli")]
+        assert mnli == f"{published['mnli']['accuracy_m']:.1f}/—"
+        eight = [sum(published[task].values()) / len(published[task]) for task in glue_view.GLUE_TASKS
+                 if task != "mnli"]
+        assert cells[-2] == f"{sum(eight) / 8:.1f} (8/9 tasks)"
+
+
+# ---------------------------------------------------------------------------------------------- best run per model
+
+
+def pretrain_rows(board: load.Board, corpus: str) -> list[str]:
+    """The body lines of one corpus's pretraining table."""
+    pretrain = render.section(board, "pretrain", Links(board.root), 3)
+    table = pretrain.split(f"### {corpus}\n\n", 1)[1].split("\n\n", 1)[0]
+    return table.splitlines()[2:]
+
+
+def test_each_model_and_corpus_lists_its_best_run_unless_all_runs(results: Path) -> None:
+    rows = pretrain_rows(load.load_board(results), "wikipedia")
+    zoo_rows = [row for row in rows if "(reference" not in row]
+    assert [re.search(r"\(pretrain/([^/]+)/run\.json\)", row).group(1) for row in zoo_rows] == [
+        "gpt2-mini-wikipedia-20250102-000000", TINY_RUN, "bert-mini-wikipedia-20250103-000000"]
+    assert "failed (NonFiniteLoss)" in zoo_rows[2]  # a model whose only run failed keeps its failed row
+    pretrain = render.section(load.load_board(results), "pretrain", Links(results), 3)
+    assert OLD_TINY_RUN not in pretrain and "20250108" not in pretrain
+    assert "One row per model and corpus: its ok, non-smoke run with the lowest eval loss" in pretrain
+    everything = render.section(load.load_board(results, all_runs=True), "pretrain", Links(results), 3)
+    assert OLD_TINY_RUN in everything and "1,435.21" in everything and "Every run is listed" in everything
+    failed = next(line for line in everything.splitlines() if "20250108" in line)
+    assert "failed (NonFiniteLoss)" in failed and "1.65" not in failed  # listed, still never as a number
+    shown = render.leaderboard_markdown(load.load_board(results, include_smoke=True))
+    assert f"pretrain/{TINY_RUN}/run.json" in shown and "20250104" in shown  # smoke runs neither win nor hide
+
+
+def test_a_better_run_replaces_the_old_one_and_its_glue_row_once_it_has_glue(results: Path) -> None:
+    newer = "bert-tiny-wikipedia-20250201-000000"
+    write_run(results, "pretrain", newer, lm_record("bert-tiny", "wikipedia", "mlm",
+                                                    metrics={"eval_loss": 3.2, "perplexity": 24.53}),
+              lm_recipe("pretrain", "bert-tiny", "wikipedia", 2000))
+    board = load.load_board(results)
+    pretrain = render.section(board, "pretrain", Links(results), 3)
+    assert newer in pretrain and f"pretrain/{TINY_RUN}/" not in pretrain
+    glue = render.section(board, "glue", Links(results), 3)
+    assert f"[cfg](glue/{TINY_RUN}/INDEX.md)" in glue  # the newer run has no GLUE grid yet: the old row stays
+    glue_cell(results, newer, "rte", 32, 1e-4, 42, {}, status="failed")
+    glue = render.section(load.load_board(results), "glue", Links(results), 3)
+    assert f"[cfg](glue/{TINY_RUN}/INDEX.md)" in glue  # nor while its only cell failed
+    glue_cell(results, newer, "mrpc", 32, 1e-4, 42, {"f1": 0.85, "accuracy": 0.76})
+    board = load.load_board(results)
+    glue = render.section(board, "glue", Links(results), 3)
+    assert f"[cfg](glue/{newer}/INDEX.md)" in glue and f"glue/{TINY_RUN}/" not in glue
+    assert TINY_RUN in board.grids  # its cells and config index stay; only the table row leaves
+    assert board.index_path(TINY_RUN) in glue_index.index_files(board)
+    every = render.section(load.load_board(results, all_runs=True), "glue", Links(results), 3)
+    assert f"[cfg](glue/{newer}/INDEX.md)" in every and f"[cfg](glue/{TINY_RUN}/INDEX.md)" in every
+
+
+def test_all_runs_flag_writes_and_checks_every_run(results: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["leaderboard", "--all-runs", "--no-plots"]) == 0
+    assert OLD_TINY_RUN in (results / load.LEADERBOARD_FILE).read_text()
+    assert main(["leaderboard", "--all-runs", "--no-plots", "--check"]) == 0
+    assert main(["leaderboard", "--no-plots", "--check"]) == 1  # the default lists the best runs only
+    assert "table 'pretrain' is stale" in capsys.readouterr().out
+    assert main(["leaderboard", "--no-plots"]) == 0
+    assert OLD_TINY_RUN not in (results / load.LEADERBOARD_FILE).read_text()
+
+
+# ---------------------------------------------------------------------------------------------- pretraining references
+
+
+def test_pretraining_references_sit_after_zoo_runs_labelled_and_linked(results: Path) -> None:
+    import yaml
+
+    published = yaml.safe_load((results / "reference" / "classic-zoo.yaml").read_text())["pretrain"]
+    board = load.load_board(results)
+    wikipedia = pretrain_rows(board, "wikipedia")
+    references = [row for row in wikipedia if "(reference, [classic model zoo](reference/classic-zoo.yaml))" in row]
+    assert wikipedia[-len(references):] == references  # after zoo's runs although their perplexity is lower
+    expected = [row for row in published if row["corpus"] == "wikipedia"]
+    assert len(references) == len(expected) == 2
+    for row, reference in zip(references, expected):
+        cells = [cell.strip() for cell in row.split("|")[1:-1]]
+        assert cells[:7] == [f"{reference['model']} (reference, [classic model zoo](reference/classic-zoo.yaml))",
+                             reference["size"], "MLM", "wikipedia", f"{reference['epochs']} epochs",
+                             f"{reference['perplexity']:.2f}", f"{reference['eval_loss']:.3f}"]
+    (gpt2,) = pretrain_rows(board, "webtext")  # a corpus without zoo runs still shows its reference
+    assert gpt2.startswith("| gpt2 (reference,") and "| CLM " in gpt2 and "| 137M |" in gpt2.replace("  ", "")
+    note = render.section(board, "pretrain", Links(results), 3)
+    assert "Rows marked *reference* are published results, not ranked among zoo's runs" in note
+    assert lm_view.best_runs(board.lm)[("pretrain", "bert-tiny", "wikipedia")] == TINY_RUN
+
+
+def test_a_bad_reference_row_is_a_one_line_error(results: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = results / "reference" / "zz-bad.yaml"
+    bad.write_text("label: bad\npretrain:\n  - model: bert-tiny\n    size: 4M\n    objective: mlm\n"
+                   "    corpus: wikipedia\n    perplexity: 26.2\n")
+    assert main(["leaderboard", "--no-plots"]) == 2
+    err = capsys.readouterr().err
+    assert f"{bad}: reference row 'bert-tiny' needs 'eval_loss'" in err and len(err.strip().splitlines()) == 1
+    assert not (results / load.LEADERBOARD_FILE).exists()
 
 
 # ---------------------------------------------------------------------------------------------- files
@@ -348,7 +476,8 @@ def test_leaderboard_check_imports_neither_torch_nor_transformers(results: Path)
     outputs.write_leaderboard(load.load_board(results))
     script = ("import argparse, sys\n"
               "from zoo.commands.leaderboard import run_command\n"
-              "args = argparse.Namespace(readme=None, check=True, include_smoke=False, no_plots=False)\n"
+              "args = argparse.Namespace(readme=None, check=True, include_smoke=False, no_plots=False,\n"
+              "                          all_runs=False)\n"
               "code = run_command(args)\n"
               "print('heavy:', sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers')))\n"
               "sys.exit(code)\n")

@@ -15,7 +15,13 @@ reference rows) and the batch size x learning rate grids, plus PNG loss curves a
 results/plots/. Writes results/LEADERBOARD.md and, per fine-tuned model, the GLUE config index
 results/glue/<model-tag>/INDEX.md its `cfg` link points to; with --readme FILE also replaces the tables between
 <!-- zoo:leaderboard:NAME:start --> and <!-- zoo:leaderboard:NAME:end --> in FILE (NAME: pretrain,
-finetune, glue, grids), leaving every other byte of FILE as it is."""
+finetune, glue, grids), leaving every other byte of FILE as it is.
+
+The pretraining and continued-training tables list one run per model and corpus: its ok, non-smoke run
+with the lowest eval loss (so the lowest perplexity); older, worse and failed runs of that model and
+corpus stay under results/ but leave the tables (and a replaced run's GLUE row leaves once the better run
+has GLUE scores). --all-runs lists every run. Published reference rows (results/reference/*.yaml) sit
+beside zoo's rows, labelled and never ranked among them."""
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -26,6 +32,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="write nothing; exit 1 and name each stale table when the files lag the records")
     parser.add_argument("--include-smoke", action="store_true",
                         help=f"also list smoke runs (smoke: true, or train.max_steps below {SMOKE_MAX_STEPS})")
+    parser.add_argument("--all-runs", action="store_true",
+                        help="list every LM run, not only the best (lowest eval loss) of each model and corpus")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG figures and the links to them "
                                                                 "(give --check the same flags as the write)")
     parser.set_defaults(func=run_command)
@@ -39,7 +47,8 @@ def run_command(args: argparse.Namespace) -> int:
     readme_file = Path(args.readme) if args.readme else None
     if readme_file is not None and not readme_file.is_file():
         raise ZooError(f"--readme {readme_file}: no such file")
-    board = load.load_board(paths.results_dir(), include_smoke=args.include_smoke, with_plots=not args.no_plots)
+    board = load.load_board(paths.results_dir(), include_smoke=args.include_smoke, with_plots=not args.no_plots,
+                            all_runs=args.all_runs)
     if args.check:
         problems = outputs.check(board, readme_file)
         for problem in problems:

@@ -1,7 +1,9 @@
 """Leaderboard figures: loss curves of LM runs and GLUE grid heatmaps, as small committed PNGs.
 
-`plot_jobs` lists every figure the tables link to (where it goes: zoo.leaderboard.load.Board);
-`write_plots` draws them and deletes PNGs under results/plots/ that nothing links any more. matplotlib
+`plot_jobs` lists every figure the tables link to (where it goes: zoo.leaderboard.load.Board), the
+loss curves of every finished run included, those of runs the default tables leave out too (`--all-runs`
+links them, and switching it does not churn files); `write_plots` draws them and deletes PNGs under
+results/plots/ that nothing links any more. matplotlib
 is imported only to draw (`--check` does without it) and runs on the Agg backend (no display). A PNG is
 only rewritten when its bytes change and carries no software/date metadata, so regenerating the
 leaderboard does not churn unchanged figures.

@@ -2,8 +2,9 @@
 
 LM runs (pretrain, finetune) become one pandas frame of raw values (LM_COLUMNS); GLUE cells become rows
 as zoo.glue.selection takes them, grouped into grids by zoo.leaderboard.glue_view; the published
-reference rows come from results/reference/*.yaml. All of it is loaded once into a `Board`, which also
-knows where each generated file goes.
+reference rows come from results/reference/*.yaml (zoo.leaderboard.references). All of it is loaded once
+into a `Board`, which also knows where each generated file goes. Every finished LM run is loaded; which
+of them the tables list (the best run of each model and corpus) is zoo.leaderboard.lm_view's rule.
 
 Conventions: smoke runs stay off unless asked for. A run is smoke when its record says `smoke: true`,
 decided once when the record is written (zoo.recipe.common.is_smoke: marked smoke, a recipe that plans
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,14 +25,13 @@ import pandas as pd
 
 from zoo.errors import ZooError
 from zoo.leaderboard.glue_view import GLUE_TASKS, Cell, TaskGrid, task_grids
+from zoo.leaderboard.references import LMReference, Reference, load_lm_references, load_references
 from zoo.leaderboard.text import number, slug
-from zoo.recipe.common import read_yaml
 from zoo.record.schema import GlueRecord, LMRecord, Record
 from zoo.record.store import iter_records
 
 LEADERBOARD_FILE = "LEADERBOARD.md"
 PLOTS_DIR = "plots"
-REFERENCE_DIR = "reference"
 GLUE_DIR = "glue"
 INDEX_FILE = "INDEX.md"
 
@@ -52,7 +52,7 @@ def finished_records(kind: str, include_smoke: bool) -> Iterator[tuple[Path, Rec
 # ---------------------------------------------------------------------------------------------- LM runs
 
 
-LM_COLUMNS = ["run_id", "kind", "name", "model", "corpus", "objective", "status", "reason", "params",
+LM_COLUMNS = ["run_id", "kind", "name", "model", "corpus", "objective", "status", "reason", "smoke", "params",
               "tokens_seen", "wall_time_s", "perplexity", "eval_loss", "before_perplexity", "device",
               "world_size", "history", "record_path", "recipe_path"]
 
@@ -68,6 +68,7 @@ def lm_row(path: Path, record: LMRecord) -> dict[str, Any]:
         "objective": record.objective,
         "status": record.status,
         "reason": record.reason or "",
+        "smoke": bool(record.smoke),
         "params": number(record.params),
         "tokens_seen": number(record.tokens_seen),
         "wall_time_s": number(record.wall_time_s),
@@ -140,35 +141,6 @@ def load_glue_cells(include_smoke: bool) -> list[Cell]:
             if isinstance(record, GlueRecord)]
 
 
-# ---------------------------------------------------------------------------------------------- references
-
-
-@dataclass(frozen=True)
-class Reference:
-    """Published GLUE numbers for one model (percent), from one data file under results/reference/."""
-
-    model: str
-    label: str
-    split: str
-    score: float
-    tasks: dict[str, dict[str, float]]
-    source_file: Path
-
-
-def load_references(root: Path) -> list[Reference]:
-    """Every row of every results/reference/*.yaml file, in file order."""
-    references = []
-    for path in sorted((root / REFERENCE_DIR).glob("*.yaml")):
-        data = read_yaml(path)
-        for row in data.get("rows") or []:
-            tasks = {task: {k: float(v) for k, v in metrics.items()}
-                     for task, metrics in row.items() if task in GLUE_TASKS}
-            references.append(Reference(model=str(row["model"]), label=str(data.get("label") or path.stem),
-                                        split=str(data.get("split") or "test"), score=float(row["score"]),
-                                        tasks=tasks, source_file=path))
-    return references
-
-
 # ---------------------------------------------------------------------------------------------- the board
 
 
@@ -180,9 +152,11 @@ class Board:
     lm: pd.DataFrame
     cells: list[Cell]  # GLUE grid cells, rows of glue_row
     grids: dict[str, dict[str, TaskGrid]]  # model tag -> task -> grid
-    references: list[Reference]
+    references: list[Reference]  # published GLUE rows
+    lm_references: list[LMReference] = field(default_factory=list)  # published pretraining rows
     plots: bool = True
     include_smoke: bool = False
+    all_runs: bool = False  # list every LM run, not only the best of each model and corpus (lm_view)
 
     def loss_curve_path(self, run: dict[str, Any]) -> Path | None:
         """Where an LM run's loss-curve PNG goes, or None when plots are off or there is no curve."""
@@ -198,8 +172,10 @@ class Board:
         return self.root / GLUE_DIR / slug(model_tag) / INDEX_FILE
 
 
-def load_board(root: Path, include_smoke: bool = False, with_plots: bool = True) -> Board:
-    """Read every finished record under `root` (the results directory, `ZOO_RESULTS_DIR`)."""
+def load_board(root: Path, include_smoke: bool = False, with_plots: bool = True, all_runs: bool = False) -> Board:
+    """Read every finished record under `root` (the results directory, `ZOO_RESULTS_DIR`) and the published
+    reference rows under `root`/reference/."""
     cells = load_glue_cells(include_smoke)
     return Board(root=root, lm=load_lm_runs(include_smoke), cells=cells, grids=task_grids(cells),
-                 references=load_references(root), plots=with_plots, include_smoke=include_smoke)
+                 references=load_references(root), lm_references=load_lm_references(root), plots=with_plots,
+                 include_smoke=include_smoke, all_runs=all_runs)

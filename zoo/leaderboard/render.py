@@ -16,7 +16,9 @@ import pandas as pd
 from tabulate import tabulate
 
 from zoo.leaderboard.glue_view import GLUE_COLUMNS, GlueLine, Setting, TaskGrid, zoo_glue_lines
+from zoo.leaderboard.lm_view import hidden_glue_tags, ordered_lm_runs
 from zoo.leaderboard.load import Board, display_name
+from zoo.leaderboard.references import LMReference
 from zoo.leaderboard.text import NONE, Links, decimal, duration, human_count, learning_rate, percent
 from zoo.model.resolve import hub_page
 from zoo.record.schema import RECORD_FILE
@@ -62,7 +64,9 @@ def perplexity_cell(run: dict[str, Any]) -> str:
 
 
 def lm_line(board: Board, run: dict[str, Any], links: Links) -> dict[str, str]:
-    """One table line of a pretraining or continued-training run."""
+    """One table line of a pretraining or continued-training run (or of a published reference row)."""
+    if run.get("reference") is not None:
+        return reference_lm_line(run["reference"], links)
     ok = run["status"] == "ok"
     curve = board.loss_curve_path(run)
     return {
@@ -80,18 +84,49 @@ def lm_line(board: Board, run: dict[str, Any], links: Links) -> dict[str, str]:
     }
 
 
+def reference_lm_line(reference: LMReference, links: Links) -> dict[str, str]:
+    """A published pretraining result: labelled, linked to its source note, its size and numbers as published."""
+    return {
+        "Model": f"{reference.model} (reference, {links.md(reference.label, reference.source_file)})",
+        "Size": reference.size,
+        "Objective": reference.objective.upper(),
+        "Corpus": reference.corpus,
+        "Tokens seen": f"{reference.epochs:g} epochs" if reference.epochs is not None else NONE,
+        "Perplexity": decimal(reference.perplexity, 2),
+        "Eval loss": decimal(reference.eval_loss, 3),
+        "Hardware": NONE,
+        "Wall time": NONE,
+        "Curve": NONE,
+        "cfg": NONE,
+    }
+
+
 LM_NUMBER_COLUMNS = ["Size", "Tokens seen", "Perplexity", "Eval loss", "Wall time"]
 
 
-def ordered_lm_runs(board: Board, kind: str) -> list[tuple[str, list[dict[str, Any]]]]:
-    """(corpus, its runs) in table order: corpora sorted, finished runs first, by objective then perplexity."""
-    runs = board.lm[board.lm["kind"] == kind].assign(failed=lambda f: f["status"] != "ok")
-    return [(str(corpus), group.sort_values(["failed", "objective", "perplexity", "run_id"], kind="mergesort")
-             .to_dict("records")) for corpus, group in runs.groupby("corpus", sort=True)]
+def selection_note(board: Board) -> str:
+    """The caption's sentence on which runs are listed (the rule of zoo.leaderboard.lm_view)."""
+    if board.all_runs:
+        return "Every run is listed (`--all-runs`)."
+    return ("One row per model and corpus: its ok, non-smoke run with the lowest eval loss (so the lowest "
+            "perplexity); older, worse or failed runs of the same model and corpus stay under `results/` "
+            "(`zoo leaderboard --all-runs` lists them).")
+
+
+def lm_note(board: Board, kind: str, references: bool) -> str:
+    if kind != "pretrain":
+        return f"Perplexity before → after continued training, on the same held-out split. {selection_note(board)}"
+    note = ("Perplexity: exp(token-weighted mean NLL) on the held-out split; MLM and CLM perplexities are not "
+            f"comparable. {selection_note(board)}")
+    if references:
+        note += (" Rows marked *reference* are published results, not ranked among zoo's runs: their corpora, "
+                 "tokenizers and eval splits differ from zoo's (see the linked note), so they are a point of "
+                 "comparison, not a like-for-like result.")
+    return note
 
 
 def lm_tables(board: Board, kind: str, links: Links, level: int) -> str:
-    """One table per corpus (finished runs first, by objective then perplexity)."""
+    """One table per corpus (the listed runs, finished first, by objective then perplexity; then references)."""
     groups = ordered_lm_runs(board, kind)
     if not groups:
         noun = "pretraining" if kind == "pretrain" else "continued-training"
@@ -100,10 +135,8 @@ def lm_tables(board: Board, kind: str, links: Links, level: int) -> str:
     for corpus, ordered in groups:
         frame = pd.DataFrame([lm_line(board, run, links) for run in ordered])
         parts.append(f"{'#' * level} {corpus}\n\n" + render_table(frame, right=LM_NUMBER_COLUMNS))
-    note = ("Perplexity: exp(token-weighted mean NLL) on the held-out split; MLM and CLM perplexities are not "
-            "comparable." if kind == "pretrain" else
-            "Perplexity before → after continued training, on the same held-out split.")
-    return "\n\n".join(parts) + f"\n\n{note}"
+    references = any(run.get("reference") is not None for _, ordered in groups for run in ordered)
+    return "\n\n".join(parts) + f"\n\n{lm_note(board, kind, references)}"
 
 
 # ---------------------------------------------------------------------------------------------- GLUE
@@ -136,8 +169,11 @@ def reference_rows(board: Board, links: Links) -> list[dict[str, str]]:
 
 
 def glue_rows(board: Board, links: Links) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
-    """(the zoo models' rows, ranked; the published reference rows) of the GLUE table."""
-    return [zoo_glue_row(board, line, links) for line in zoo_glue_lines(board.grids)], reference_rows(board, links)
+    """(the zoo models' rows, ranked; the published reference rows) of the GLUE table. A model that is a run
+    replaced by a better one with GLUE grids of its own leaves (zoo.leaderboard.lm_view), unless all_runs."""
+    hidden = hidden_glue_tags(board)
+    lines = [line for line in zoo_glue_lines(board.grids) if line.tag not in hidden]
+    return [zoo_glue_row(board, line, links) for line in lines], reference_rows(board, links)
 
 
 def glue_section(board: Board, links: Links, level: int) -> str:
@@ -151,9 +187,13 @@ def glue_section(board: Board, links: Links, level: int) -> str:
         "Scores in %. zoo rows: dev set, the best batch size × learning rate of each task's grid (the seeds of "
         "a setting averaged). GLUE avg: mean over the nine tasks of each task's score, a two-metric task (MRPC, QQP, "
         "STS-B, MNLI m/mm) scoring the mean of its two; rows missing tasks average the tasks they have. "
-        "Rows marked *reference* are published **test-set** numbers with their published score, for comparison "
-        "only. `cfg` links the model's config index: per task the chosen setting, its run record and its "
-        "recipe (`zoo glue --recipe FILE` reruns it)."
+        "Rows marked *reference* are published numbers, for comparison only (their pretraining differs from "
+        "zoo's): `Set` names their split and source; a row with a published GLUE score shows it (Turc et al.'s "
+        "**test-set** rows), one without shows the average computed as for zoo rows (see its source's note). "
+        "`cfg` links the model's config index: per task the chosen setting, its run record and its recipe "
+        "(`zoo glue --recipe FILE` reruns it)."
+        + ("" if board.all_runs else " A run replaced in the pretraining table by a better run of its model and "
+           "corpus leaves this table once that run has GLUE scores (`--all-runs` keeps it).")
     )
     return "\n\n".join(parts)
 
@@ -223,9 +263,11 @@ def leaderboard_markdown(board: Board) -> str:
     links = Links(board.root)
     smoke = ("Smoke runs are included (`--include-smoke`)." if board.include_smoke else
              "Smoke runs are left out (`zoo leaderboard --include-smoke` shows them).")
+    runs = ("Every run is listed (`--all-runs`)." if board.all_runs else
+            "Each model and corpus shows its best run (`zoo leaderboard --all-runs` lists every run).")
     head = ("# Leaderboard\n\n"
             "Generated by `zoo leaderboard` from the run records under `results/`; do not edit by hand. "
-            f"{smoke} Failed runs show as failed, never as a number. Every `cfg` link is the resolved recipe "
+            f"{smoke} {runs} Failed runs show as failed, never as a number. Every `cfg` link is the resolved recipe "
             "of its run (a GLUE row's, the model's config index of its chosen cells' recipes): "
             "`zoo pretrain --recipe FILE` (or `zoo finetune`, `zoo glue`) reproduces it.")
     body = [f"## {SECTION_TITLES[name]}\n\n{section(board, name, links, 3)}" for name in SECTIONS]
