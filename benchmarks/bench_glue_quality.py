@@ -442,6 +442,21 @@ def report(payload: dict[str, Any]) -> dict[str, Any]:
 # --------------------------------------------------------------------------- main
 
 
+def resumed_runs(path: str | None, payload: dict[str, Any], model: str, examples: int | None,
+                 epochs: float) -> dict[str, dict[str, list[dict[str, Any]]]]:
+    """The arms of an earlier --json run with the same model, training examples and epochs (task -> side
+    -> runs); its sides join this run's."""
+    if not path or not Path(path).is_file():
+        return {}
+    earlier = json.loads(Path(path).read_text())
+    for task, setting in earlier["settings"].items():
+        if (setting["model"], setting["max_train_examples"] or None, setting["epochs"]) != (
+                model, examples or None, epochs):
+            raise SystemExit(f"--resume: {path} measured {task} with other settings: {setting}")
+    payload["sides"] = list(dict.fromkeys([*earlier["sides"], *payload["sides"]]))
+    return earlier["runs"]
+
+
 def main() -> int:
     common.setup_environment()
     parser = common.arm_parser(__doc__.split("\n\n")[0])
@@ -455,6 +470,8 @@ def main() -> int:
     parser.add_argument("--levers", default="", help=f"zoo arms with one thing changed: {', '.join(LEVERS)}")
     parser.add_argument("--lever-seeds", help="seeds of the lever arms (default: every seed)")
     parser.add_argument("--report", metavar="FILE", help="print the tables of a saved --json file and exit")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the arms already in --json (same settings) and run only the missing ones")
     args = parser.parse_args()
     if args.arm:
         common.emit(ARMS[args.arm](json.loads(args.arm_spec)))
@@ -480,14 +497,17 @@ def main() -> int:
     print("machine:", json.dumps(payload["machine"]))
     print(f"model {model}; tasks {tasks}; seeds {seeds}; sides {sides}; first {examples or 'all'} training examples, "
           f"{epochs:g} epochs, whole dev sets", flush=True)
+    done = resumed_runs(args.json, payload, model, examples, epochs) if args.resume else {}
     started = time.perf_counter()
     for task in tasks:
         setting = Setting(model, task, max_train_examples=examples or None, epochs=epochs)
         payload["settings"][task] = asdict(setting)
         runs: dict[str, list[dict[str, Any]]] = payload["runs"].setdefault(task, {side: [] for side in sides})
+        for side, kept in done.get(task, {}).items():
+            runs.setdefault(side, []).extend(kept)
         for repeat, side in common.interleaved(sides, len(seeds)):
             seed = seeds[repeat]
-            if side in levers and seed not in lever_seeds:
+            if (side in levers and seed not in lever_seeds) or any(r["seed"] == seed for r in runs[side]):
                 continue
             arm, spec = ("plain", {}) if side == "plain" else ("zoo", {"lever": side})
             result = common.run_arm("bench_glue_quality.py", arm, {"setting": asdict(setting), "seed": seed, **spec})
