@@ -193,6 +193,50 @@ def scratch_dirs(own_cache: bool = True) -> Iterator[Path]:
                     os.environ[key] = value
 
 
+class StepClock:
+    """A Trainer callback (duck-typed: the Trainer calls the events it finds): the time when training starts
+    and at the end of every optimizer step, for throughput after the first (warm-up, compilation) steps."""
+
+    def __init__(self) -> None:
+        self.start = 0.0
+        self.ends: list[float] = []
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("on_"):  # the Trainer's other events: nothing to do
+            return lambda *args, **kwargs: None
+        raise AttributeError(name)
+
+    def on_train_begin(self, *args: Any, **kwargs: Any) -> None:
+        self.start = time.perf_counter()
+
+    def on_step_end(self, *args: Any, **kwargs: Any) -> None:
+        self.ends.append(time.perf_counter())
+
+    def seconds_per_step(self, warmup: int) -> float:
+        """Mean seconds of the steps after the first `warmup` ones."""
+        steady = self.ends[warmup:]
+        if len(steady) < 2:
+            raise ValueError(f"{len(self.ends)} steps timed; need more than {warmup + 1}")
+        return (steady[-1] - steady[0]) / (len(steady) - 1)
+
+    def first_steps_s(self, count: int) -> float:
+        return self.ends[count - 1] - self.start
+
+
+def clock_zoo_steps(clock: StepClock) -> None:
+    """Add `clock` to every Trainer zoo's LM training (`zoo.train.lm.run_lm`) builds in this process."""
+    import zoo.train.lm as train
+
+    build = train._trainer
+
+    def with_clock(*args: Any, **kwargs: Any) -> Any:
+        trainer = build(*args, **kwargs)
+        trainer.add_callback(clock)
+        return trainer
+
+    train._trainer = with_clock
+
+
 def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
     start = time.perf_counter()
     result = fn()

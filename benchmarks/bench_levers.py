@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -31,42 +30,9 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as common  # noqa: E402
 from bench_pretrain import Setting, prepare_cache, zoo_recipe  # noqa: E402
-from transformers import TrainerCallback  # noqa: E402
 
 LEVERS = ("default", "eager-attention", "adamw-unfused", "torch-compile", "loader-workers")
 WARMUP_STEPS = 5
-
-
-class StepClock(TrainerCallback):
-    """The time when training starts and at the end of every optimizer step."""
-
-    def __init__(self) -> None:
-        self.start = 0.0
-        self.ends: list[float] = []
-
-    def on_train_begin(self, *args: Any, **kwargs: Any) -> None:
-        self.start = time.perf_counter()
-
-    def on_step_end(self, *args: Any, **kwargs: Any) -> None:
-        self.ends.append(time.perf_counter())
-
-    def steady_seconds_per_step(self) -> float:
-        steady = self.ends[WARMUP_STEPS:]
-        return (steady[-1] - steady[0]) / (len(steady) - 1)
-
-
-def clock_steps(clock: StepClock) -> None:
-    """Add `clock` to the Trainer that zoo's pretraining builds."""
-    import zoo.train.lm as train
-
-    build = train._trainer
-
-    def with_clock(*args: Any, **kwargs: Any) -> Any:
-        trainer = build(*args, **kwargs)
-        trainer.add_callback(clock)
-        return trainer
-
-    train._trainer = with_clock
 
 
 def apply_lever(lever: str) -> None:
@@ -98,8 +64,8 @@ def lever_arm(spec: dict[str, Any]) -> dict[str, Any]:
 
     setting, lever = Setting(**spec["setting"]), spec["lever"]
     apply_lever(lever)
-    clock = StepClock()
-    clock_steps(clock)
+    clock = common.StepClock()
+    common.clock_zoo_steps(clock)
     recipe = zoo_recipe(setting)
     if lever == "loader-workers":
         recipe.train.dataloader_workers = 2
@@ -108,8 +74,8 @@ def lever_arm(spec: dict[str, Any]) -> dict[str, Any]:
         record = run_lm(recipe)
     step_tokens = setting.batch_size * setting.block_size
     return {"tokens_per_s": record.tokens_seen / record.train_time_s, "train_s": record.train_time_s,
-            "steady_tokens_per_s": step_tokens / clock.steady_seconds_per_step(),
-            "first_steps_s": clock.ends[WARMUP_STEPS - 1] - clock.start,
+            "steady_tokens_per_s": step_tokens / clock.seconds_per_step(WARMUP_STEPS),
+            "first_steps_s": clock.first_steps_s(WARMUP_STEPS),
             "eval_loss": record.metrics.eval_loss, "torch_threads": torch.get_num_threads()}
 
 

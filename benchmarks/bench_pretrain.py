@@ -45,18 +45,23 @@ class Setting:
     warmup: float = 0.06
     schedule: str = "linear"
     weight_decay: float = 0.01
-    documents: int = 4000
+    documents: int = 4000  # the first N training documents; 0: all
     eval_blocks: int = 256
     eval_batch_size: int = 64
     seed: int = 42
+    config: str = ""  # model.config overrides as a YAML flow mapping (tiny models), "" for the registry's
+    corpus: str = "imdb"
+    paths: str = ""  # data.paths of corpus `text`, e.g. "[a.txt]"
 
     def overrides(self) -> list[str]:
         """The `zoo pretrain --set` overrides that express this setting."""
-        return [f"train.max_steps={self.steps}", f"train.batch_size={self.batch_size}", f"train.lr={self.lr}",
+        model = [f"model.config={self.config}"] if self.config else []
+        model += [f"data.paths={self.paths}"] if self.paths else []
+        return model + [f"train.max_steps={self.steps}", f"train.batch_size={self.batch_size}", f"train.lr={self.lr}",
                 f"train.warmup={self.warmup}", f"train.schedule={self.schedule}",
                 f"train.weight_decay={self.weight_decay}", f"train.seed={self.seed}", "train.eval_every=0",
                 "train.save_every=0", "train.log_every=50", "train.grad_accum=1",
-                f"data.block_size={self.block_size}", f"data.max_documents={self.documents}",
+                f"data.block_size={self.block_size}", f"data.max_documents={self.documents or 'null'}",
                 f"eval.max_blocks={self.eval_blocks}", f"eval.batch_size={self.eval_batch_size}"]
 
 
@@ -76,7 +81,7 @@ def settings(quick: bool) -> list[Setting]:
 def zoo_recipe(setting: Setting) -> Any:
     from zoo.recipe.lm import compose, resolve
 
-    recipe, _ = compose("pretrain", setting.model, "imdb", setting.overrides())
+    recipe, _ = compose("pretrain", setting.model, setting.corpus, setting.overrides())
     recipe.smoke = True
     return resolve(recipe)
 
@@ -105,8 +110,10 @@ def notebook_blocks(docs: list[str], tokenizer: Any, block_size: int) -> Any:
     return tokenized.map(group_texts, batched=True)
 
 
-def baseline_arm(setting: Setting) -> dict[str, Any]:
-    """Notebook recipe: plain HF model class, standard collator, plain Trainer; zoo's eval set for the loss."""
+def notebook_trainer(setting: Setting, output_dir: Path) -> tuple[Any, Any, Any]:
+    """(Trainer, zoo recipe, tokenizer) of the notebook recipe: plain HF model class, standard collator, plain
+    Trainer, on the documents zoo trains on. Precision as zoo's `auto` resolves it here (fp32 on CPU, bf16 or
+    fp16 autocast on a GPU), so the two sides compare code paths, not precisions."""
     import torch
     from transformers import (
         BertForMaskedLM,
@@ -120,8 +127,7 @@ def baseline_arm(setting: Setting) -> dict[str, Any]:
 
     from zoo.data.tokenization import load_tokenizer
     from zoo.model.modeling import scratch_config
-    from zoo.train.evaluation import lm_metrics
-    from zoo.train.lm import lm_data
+    from zoo.train.hf_trainer import precision_flags
 
     recipe = zoo_recipe(setting)
     tokenizer = load_tokenizer(recipe.tokenizer.name)
@@ -131,17 +137,28 @@ def baseline_arm(setting: Setting) -> dict[str, Any]:
     config = scratch_config(recipe, len(tokenizer), tokenizer)
     model = (BertForMaskedLM if mlm else GPT2LMHeadModel)(config)
     collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=0.15) if mlm else default_data_collator
+    args = TrainingArguments(
+        output_dir=str(output_dir), per_device_train_batch_size=setting.batch_size,
+        learning_rate=setting.lr, weight_decay=setting.weight_decay, warmup_steps=setting.warmup,
+        lr_scheduler_type=setting.schedule, max_steps=setting.steps, seed=setting.seed, logging_steps=50,
+        save_strategy="no", eval_strategy="no", report_to=[], use_cpu=not torch.cuda.is_available(),
+        **precision_flags("auto"))
+    return Trainer(model=model, args=args, train_dataset=blocks, data_collator=collator), recipe, tokenizer
+
+
+def baseline_arm(setting: Setting) -> dict[str, Any]:
+    """Notebook recipe (`notebook_trainer`); zoo's eval set for the loss."""
+    import torch
+
+    from zoo.train.evaluation import lm_metrics
+    from zoo.train.lm import lm_data
+
     with common.scratch_dirs(own_cache=False) as tmp:
-        args = TrainingArguments(
-            output_dir=str(tmp / "baseline"), per_device_train_batch_size=setting.batch_size,
-            learning_rate=setting.lr, weight_decay=setting.weight_decay, warmup_steps=setting.warmup,
-            lr_scheduler_type=setting.schedule, max_steps=setting.steps, seed=setting.seed, logging_steps=50,
-            save_strategy="no", eval_strategy="no", report_to=[], use_cpu=not torch.cuda.is_available())
-        trainer = Trainer(model=model, args=args, train_dataset=blocks, data_collator=collator)
+        trainer, recipe, tokenizer = notebook_trainer(setting, tmp / "baseline")
         _, seconds = common.timed(trainer.train)
         evaluation = lm_data(recipe, tokenizer)  # the same fixed-mask evaluation blocks zoo scores itself on
         metrics = lm_metrics(trainer.model, evaluation.eval, evaluation.collate, setting.eval_batch_size,
-                             recipe.objective.type, device=args.device)
+                             recipe.objective.type, device=trainer.args.device)
     tokens = setting.steps * setting.batch_size * setting.block_size
     return {"tokens": tokens, "train_s": seconds, "tokens_per_s": tokens / seconds,
             "eval_loss": metrics["loss"], "eval_tokens": metrics["tokens"], "torch_threads": torch.get_num_threads()}

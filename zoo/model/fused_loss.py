@@ -58,17 +58,21 @@ _WORKSPACE = _Workspace()
 
 @functools.cache
 def _cuda_out_dtype_mm(dtype: torch.dtype) -> bool:
-    """Whether this torch's CUDA `mm` takes `dtype` operands with a float32 `out_dtype` (torch >= 2.8)."""
+    """Whether this torch's CUDA `mm` takes `dtype` operands with a float32 `out_dtype` (torch >= 2.8), both
+    returning and into a given `out`; where it does not, `mm32` rounds the product to `dtype` first."""
     try:
         a = torch.ones(2, 2, dtype=dtype, device="cuda")
-        return torch.mm(a, a, out_dtype=torch.float32).dtype == torch.float32
+        out = torch.empty(2, 2, device="cuda")
+        return bool(torch.mm(a, a, out_dtype=torch.float32).dtype == torch.float32
+                    and torch.mm(a, a, out_dtype=torch.float32, out=out).eq(2).all())
     except (RuntimeError, TypeError):
         return False
 
 
 def mm32(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-    """`a @ b` as float32 (into `out` when given): operands of a low-precision dtype are multiplied in that
-    dtype with float32 accumulation (cuBLAS / oneDNN accumulate in float32 inside the product)."""
+    """`a @ b` as float32 (into `out` when given). Operands of a low-precision dtype are multiplied in that
+    dtype, accumulating in float32 inside the product (cuBLAS, oneDNN); the product comes out in float32 on
+    CUDA, elsewhere rounded to the operands' dtype first, as `F.linear` under autocast gives it."""
     if a.dtype == torch.float32:
         return torch.mm(a, b, out=out)
     if a.is_cuda and _cuda_out_dtype_mm(a.dtype):
@@ -135,6 +139,53 @@ def _(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, tar
     return hidden.new_empty((), dtype=_loss_dtype(hidden))
 
 
+def _float32_grads(hidden_f: torch.Tensor, weight_f: torch.Tensor, target: torch.Tensor,
+                   width: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(loss sum, d loss_sum / d hidden, d loss_sum / d weight1 transposed) in float32, the CPU's fast path.
+
+    The softmax stays unnormalised in the reused buffer; the 1/sum and one-hot terms go to the small operands.
+    """
+    grad_hidden = hidden_f.new_empty(hidden_f.shape[0], width)
+    grad_weight_t = hidden_f.new_zeros(hidden_f.shape[1], weight_f.shape[0])  # (width [+ bias], vocab)
+
+    def accumulate(rows: slice, exp: torch.Tensor, sums: torch.Tensor) -> None:
+        # d loss_sum / d logits = exp / sums - onehot(target), never formed: folded into the products
+        torch.mm(exp, weight_f[:, :width], out=grad_hidden[rows])
+        grad_hidden[rows].div_(sums[:, None])
+        grad_weight_t.addmm_((hidden_f[rows] / sums[:, None]).t(), exp)
+
+    loss = _chunked_cross_entropy(hidden_f, weight_f, target, accumulate)
+    grad_hidden.sub_(weight_f[target, :width])
+    grad_weight_t.t().index_add_(0, target, hidden_f, alpha=-1.0)
+    return loss, grad_hidden, grad_weight_t
+
+
+# Under autocast a token's loss is -log p(target) from the float32 softmax; p is kept above the smallest
+# normal float, so a token the model gives less than e^-87 (a diverged model) counts 87 nats, not inf.
+_TINY = torch.finfo(torch.float32).tiny
+
+
+def _low_precision_grads(hidden_c: torch.Tensor, weight_c: torch.Tensor, target: torch.Tensor,
+                         width: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`_float32_grads` for products in a low-precision dtype (autocast, GPUs): per chunk the logits come out
+    of the product in float32 (`mm32`), one fused softmax turns them into probabilities, the one-hot is
+    subtracted in float32, and d loss / d logits is rounded to the products' dtype once, as autocast's
+    `F.linear` backward rounds its gradient; the gradients accumulate in float32 across chunks."""
+    grad_hidden = hidden_c.new_empty(hidden_c.shape[0], width, dtype=torch.float32)
+    grad_weight_t = hidden_c.new_zeros(hidden_c.shape[1], weight_c.shape[0], dtype=torch.float32)
+    total = hidden_c.new_zeros((), dtype=torch.float64)
+    step = max(1, CHUNK_ELEMENTS // weight_c.shape[0])
+    for start in range(0, hidden_c.shape[0], step):
+        rows, chosen = slice(start, start + step), target[start:start + step, None]
+        probs = torch.softmax(mm32(hidden_c[rows], weight_c.t()), dim=1)
+        total -= probs.gather(1, chosen).clamp_min_(_TINY).log_().sum()
+        grad_logits = probs.scatter_add_(1, chosen, probs.new_full(chosen.shape, -1.0)).to(hidden_c.dtype)
+        del probs
+        mm32(grad_logits, weight_c[:, :width], out=grad_hidden[rows])
+        grad_weight_t.add_(mm32(hidden_c[rows].t(), grad_logits))
+    return total, grad_hidden, grad_weight_t
+
+
 @torch.library.custom_op("zoo::linear_cross_entropy_with_grads", mutates_args=())
 def _loss_and_grads(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, target: torch.Tensor,
                     compute: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -143,24 +194,10 @@ def _loss_and_grads(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tens
     with torch.autocast(hidden.device.type, enabled=False):
         width = hidden.shape[1]
         hidden_f, weight_f, hidden1, weight1 = _operands(hidden, weight, bias, compute)
-        grad_hidden = hidden_f.new_empty(hidden.shape)
-        grad_weight_t = hidden_f.new_zeros(hidden1.shape[1], weight1.shape[0])  # (width [+ bias], vocab)
-        low = compute != torch.float32
-
-        def accumulate(rows: slice, exp: torch.Tensor, sums: torch.Tensor) -> None:
-            # d loss_sum / d logits = exp / sums - onehot(target), never formed: folded into the products
-            probs = exp.to(compute)  # the buffer itself in float32
-            mm32(probs, weight1[:, :width], out=grad_hidden[rows])
-            grad_hidden[rows].div_(sums[:, None])
-            scaled = (hidden_f[rows] / sums[:, None]).to(compute).t()
-            if low:
-                grad_weight_t.add_(mm32(scaled, probs))
-            else:
-                grad_weight_t.addmm_(scaled, probs)
-
-        loss = _chunked_cross_entropy(hidden1, weight1, target, accumulate)
-        grad_hidden.sub_(weight_f[target, :width])
-        grad_weight_t.t().index_add_(0, target, hidden_f, alpha=-1.0)
+        if compute == torch.float32:
+            loss, grad_hidden, grad_weight_t = _float32_grads(hidden_f, weight_f, target, width)
+        else:
+            loss, grad_hidden, grad_weight_t = _low_precision_grads(hidden1, weight1, target, width)
         return (loss / hidden.shape[0]).to(_loss_dtype(hidden)), grad_hidden, grad_weight_t
 
 
