@@ -21,8 +21,9 @@ from zoo.model import fused_loss
 from zoo.model.fused_loss import linear_cross_entropy
 from zoo.model.modeling import SPARSE_MLM
 from zoo.recipe.common import dict_hash
+from zoo.recipe.glue import GlueTrainSection
 from zoo.recipe.lm import ObjectiveSection
-from zoo.train.hf_trainer import auto_loader_workers, loader_arguments, resolve_precision
+from zoo.train.hf_trainer import auto_loader_workers, loader_arguments, optimisation_arguments, resolve_precision
 
 # --------------------------------------------------------------------------- precision
 
@@ -100,6 +101,8 @@ def test_auto_loader_workers_use_the_cores_only_with_a_gpu() -> None:
     assert auto_loader_workers(gpu=True, cores=2, processes=1) == 1
     assert loader_arguments("auto")["dataloader_num_workers"] == (
         auto_loader_workers(torch.cuda.is_available(), len(os.sched_getaffinity(0)), 1))
+    assert loader_arguments("auto", masking=False)["dataloader_num_workers"] == 0  # GLUE: padding only
+    assert optimisation_arguments(GlueTrainSection(), 8)["dataloader_num_workers"] == 0
     cpu_only = loader_arguments(2)
     if not torch.cuda.is_available():
         assert cpu_only == {"dataloader_num_workers": 2, "dataloader_pin_memory": False,

@@ -66,7 +66,8 @@ class TrainSection:
     save_total_limit: int = setting(2, doc="Keep at most this many intermediate checkpoints.", low=1)
     dataloader_workers: int | Literal["auto"] = setting(
         "auto", doc="DataLoader worker processes (collation and MLM masking off the training process); auto: "
-        "0 without a GPU, with one up to 4 of the cores this process may use (pinned memory, prefetch 4).", low=0)
+        "0 without a GPU and for GLUE cells, else up to 4 of the cores this process may use (pinned memory, "
+        "prefetch 4).", low=0)
     compile: bool = setting(False, doc="torch.compile the model (inductor; needs a C compiler such as gcc); the "
                                        "fused loss stays one opaque op inside the compiled graph.")
     report_to: list[Dashboard] = setting(

@@ -93,17 +93,28 @@ def compile_arguments(enabled: bool) -> dict[str, Any]:
     return {"torch_compile": True, "torch_compile_backend": backend}
 
 
+def is_glue_section(t: TrainSection) -> bool:
+    from zoo.recipe.glue import GlueTrainSection
+
+    return isinstance(t, GlueTrainSection)
+
+
 def usable_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def loader_arguments(workers: int | str) -> dict[str, Any]:
+def loader_arguments(workers: int | str, masking: bool = True) -> dict[str, Any]:
     """The TrainingArguments of the DataLoader: `workers` (a count or 'auto'), pinned memory and prefetch on a
-    GPU. Workers are not persistent: each epoch's workers start after the epoch callback has advanced the MLM
-    collator's epoch, whose masks they draw."""
+    GPU. `auto` gives workers to LM runs (`masking`: MLM masks, CLM blocks) only; a GLUE cell's collation is
+    padding, cheaper than starting workers for each of its epochs and evaluations. Workers are not persistent:
+    each epoch's workers start after the epoch callback has advanced the MLM collator's epoch, whose masks they
+    draw."""
     gpu = torch.cuda.is_available()
     processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) * int(os.environ.get(GRID_WORKERS_ENV, "1"))
-    count = auto_loader_workers(gpu, usable_cores(), processes) if workers == "auto" else int(workers)
+    if workers == "auto":
+        count = auto_loader_workers(gpu, usable_cores(), processes) if masking else 0
+    else:
+        count = int(workers)
     return {"dataloader_num_workers": count, "dataloader_pin_memory": gpu,
             "dataloader_prefetch_factor": 4 if count and gpu else None, "dataloader_persistent_workers": False}
 
@@ -124,7 +135,7 @@ def optimisation_arguments(t: TrainSection, eval_batch_size: int) -> dict[str, A
         "seed": t.seed,
         "data_seed": t.seed,
         "max_grad_norm": t.max_grad_norm,
-        **loader_arguments(t.dataloader_workers),
+        **loader_arguments(t.dataloader_workers, masking=not is_glue_section(t)),
         **compile_arguments(t.compile),
         "logging_nan_inf_filter": False,
         "remove_unused_columns": False,
