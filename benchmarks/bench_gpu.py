@@ -14,10 +14,13 @@ cuBLAS warm-up). MFU = model FLOPs per token x tokens/s / the GPU's peak dense b
 for GPUs without bf16). Model FLOPs are what the objective needs, the same count for both sides: 6 x the
 weights of every matrix product a token passes through (the prediction head only for predicted tokens: 15%
 for MLM, all for CLM) plus 12 x layers x sequence x width for attention (the PaLM appendix B count). Peak
-memory: torch.cuda.max_memory_allocated of the side's process.
+memory: torch.cuda.max_memory_allocated of the side's process. gpt2 also runs `zoo-unfused`: zoo with the
+Hugging Face loss instead of its fused one, to show what the fused loss does on this GPU.
 
-GLUE: `zoo glue <scratch bert-tiny> --grid --tasks rte` (the classic 20 cells: bs {8..128} x 4 lrs) with
-`--workers 1` and `--workers N` (N cells on each GPU), wall time of the command, tokenization cached first.
+GLUE: the grid of `zoo glue <scratch bert-tiny> --grid --tasks rte` (the classic 20 cells: bs {8..128} x 4 lrs)
+through `zoo.glue.grid.run_grid` (what the command runs), with `--workers 1` and `--workers N` (N cells on
+each GPU), its wall time, the task tokenized once before either is timed. "vs first side": tokens/s against
+the notebook's, or the 1-cell grid's wall time against this one's.
 
     python benchmarks/bench_gpu.py                   # on a GPU
     python benchmarks/bench_gpu.py --quick           # tiny models and data: under a minute, also on CPU (a test)
@@ -125,14 +128,18 @@ def notebook_arm(setting: Setting) -> dict[str, Any]:
     return measured(setting, clock, trainer.model, recipe)
 
 
-def zoo_arm(setting: Setting) -> dict[str, Any]:
+def zoo_arm(setting: Setting, fused: bool = True) -> dict[str, Any]:
+    import zoo.model.modeling as modeling
     import zoo.train.lm as train
 
     gpu_memory_reset()
     clock = common.StepClock()
     recipe = zoo_recipe(setting)
     built: list[Any] = []
-    with restored(train, "_trainer", "build_model"), common.scratch_dirs(own_cache=False):
+    with restored(train, "_trainer", "build_model"), restored(modeling, "_fused_loss_applies"), \
+            common.scratch_dirs(own_cache=False):
+        if not fused:  # the Hugging Face loss on zoo's model classes: logits of every predicted token
+            modeling._fused_loss_applies = lambda decoder: False
         common.clock_zoo_steps(clock)
         build = train.build_model
         train.build_model = lambda recipe, tokenizer: built.append(build(recipe, tokenizer)) or built[-1]
@@ -163,7 +170,10 @@ def measured(setting: Setting, clock: common.StepClock, model: Any, recipe: Any)
             "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"}
 
 
-ARMS = {"notebook": notebook_arm, "zoo": zoo_arm}
+ARMS = {"notebook": notebook_arm, "zoo": zoo_arm, "zoo-unfused": lambda setting: zoo_arm(setting, fused=False)}
+# gpt2 also runs zoo without its fused loss: on a GPU the chunked loss's extra passes over each chunk of logits
+# may cost more than the full logits do, which this row shows.
+UNFUSED_TOO = ("gpt2",)
 
 
 def run_side(side: str, setting: Setting, in_process: bool, env: dict[str, str]) -> dict[str, Any]:
@@ -178,7 +188,8 @@ def pretrain_rows(settings: list[Setting], in_process: bool, env: dict[str, str]
     rows = []
     for setting in settings:
         prepare_cache(setting)
-        results = {side: run_side(side, setting, in_process, env) for side in ("notebook", "zoo")}
+        sides = ("notebook", "zoo", "zoo-unfused") if setting.model in UNFUSED_TOO else ("notebook", "zoo")
+        results = {side: run_side(side, setting, in_process, env) for side in sides}
         for side, result in results.items():
             mfu = result["flops_per_token"] * result["tokens_per_s"] / peak if peak else None
             rows.append(row(f"pretrain {setting.model}", side, f"{setting.batch_size}x{setting.block_size}",

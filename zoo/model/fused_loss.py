@@ -12,8 +12,10 @@ implementations, so `torch.compile` treats the loss as one opaque call and compi
 intermediate gradient tensors that alias its outputs).
 
 Precision: the softmax, the loss sum and the gradient accumulation are float32 (float64 for the loss
-total). Under autocast the matrix products take operands in the autocast dtype (bf16 / fp16, as
-`F.linear` would) and produce float32 (on CUDA directly, elsewhere through a cast of each chunk).
+total). Under autocast (`_low_precision_grads`) the matrix products take operands in the autocast dtype
+(bf16 / fp16, as `F.linear` would), accumulate in float32 inside the product and give float32 logits (on CUDA
+directly, elsewhere through a cast of each chunk); d loss / d logits is rounded to the autocast dtype once,
+as autocast's own backward rounds it. tests/test_gpu_path.py holds it to the error of autocast's own loss.
 """
 
 from __future__ import annotations
