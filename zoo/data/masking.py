@@ -137,7 +137,13 @@ class EpochClock:
 
 
 class MLMCollator:
-    """Dynamic masking for training: new masks for every block in every epoch, keyed by (seed, epoch, block)."""
+    """Dynamic masking for training: new masks for every block in every epoch, keyed by (seed, epoch, block).
+
+    It runs in the DataLoader's worker processes when there are any (`train.dataloader_workers`, `auto` on a
+    GPU), off the training process. Each epoch's workers copy the clock when they start, after the epoch
+    callback advanced it, so the masks are the same with any number of workers (the workers must not be
+    persistent across epochs: `zoo.train.hf_trainer.loader_arguments`).
+    """
 
     def __init__(self, masker: MLMMasker, seed: int = 0, clock: EpochClock | None = None) -> None:
         self.masker = masker
