@@ -47,9 +47,9 @@ WARMUP_STEPS = 10  # not timed (CUDA start-up, allocator and cuBLAS warm-up); --
 # matched in this order against torch.cuda.get_device_name().
 PEAK_TFLOPS = [("H200", 989.0), ("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.0), ("GH200", 989.0),
                ("A100", 312.0), ("L40S", 362.0), ("L4", 121.0), ("A10", 125.0), ("V100", 125.0), ("T4", 65.0)]
-# The mirror's Wikipedia, its first 400 articles for training (about 2.3M tokens, gone over a few times), the
+# The mirror's Wikipedia, its first 200 articles for training (about 1.2M tokens, gone over a few times), the
 # held-out 1% for zoo's evaluation; --quick: 20 paragraphs of WikiText-2's validation file as a text corpus.
-CORPUS, DOCUMENTS = "wikipedia", 400
+CORPUS, DOCUMENTS = "wikipedia", 200
 QUICK_TEXT = "wikitext/wikitext-2/wiki.valid.tokens"
 TINY_BERT = "{num_hidden_layers: 1, hidden_size: 32, num_attention_heads: 2, intermediate_size: 64}"
 TINY_GPT2 = "{n_layer: 1, n_embd: 32, n_head: 2}"
