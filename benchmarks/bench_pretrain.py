@@ -30,7 +30,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as common  # noqa: E402
 
-TARGETS = {"bert-tiny": 5.0, "bert-mini": 2.5, "gpt2-mini": 1.2}
+TARGETS = {"bert-tiny": 9.0, "bert-mini": 2.5, "gpt2-mini": 1.2}  # bert-tiny: issue 15 (was 5x)
 
 
 @dataclass(frozen=True)
