@@ -176,7 +176,8 @@ def test_compiled_fused_loss_matches_eager() -> None:
         return linear_cross_entropy(torch.tanh(h), w * 1.5, b, target) * 2.0
 
     compiled = torch.compile(loss, backend="aot_eager", fullgraph=True)
-    for expected, got in zip(loss_and_grads(loss, hidden, weight, bias), loss_and_grads(compiled, hidden, weight, bias)):
+    eager_results, compiled_results = (loss_and_grads(fn, hidden, weight, bias) for fn in (loss, compiled))
+    for expected, got in zip(eager_results, compiled_results):
         torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-7)
     with torch.no_grad():
         torch.testing.assert_close(compiled(hidden, weight, bias), loss(hidden, weight, bias), rtol=1e-6, atol=1e-7)
@@ -203,9 +204,9 @@ def test_compiled_sparse_mlm_model_trains_like_eager() -> None:
 def pretrain_history(corpus: Path, root: Path, *extra: str) -> tuple[dict, list[float]]:
     """A 3-step tiny BERT pretraining run through the CLI: its record and its training-loss curve."""
     config = yaml.safe_dump(TINY_BERT, default_flow_style=True).strip()
-    assert main(["pretrain", "bert-tiny", "text", "--smoke", "--set", f"data.paths=[{corpus}]", f"model.config={config}",
-                 "data.block_size=32", "data.validation_fraction=0.1", "train.batch_size=4", "train.log_every=1",
-                 "train.max_steps=3", "eval.max_blocks=16", "eval.batch_size=8", *extra]) == 0
+    assert main(["pretrain", "bert-tiny", "text", "--smoke", "--set", f"data.paths=[{corpus}]",
+                 f"model.config={config}", "data.block_size=32", "data.validation_fraction=0.1", "train.batch_size=4",
+                 "train.log_every=1", "train.max_steps=3", "eval.max_blocks=16", "eval.batch_size=8", *extra]) == 0
     (path,) = (root / "results" / "pretrain").glob("*/run.json")
     record = json.loads(path.read_text())
     record["recipe"] = yaml.safe_load((path.parent / record["recipe"]).read_text())
