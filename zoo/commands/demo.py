@@ -8,10 +8,13 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
+import signal
 import threading
 from pathlib import Path
 
 from zoo.errors import ZooError
+
+CLOSE_WAIT_S = 10.0
 
 DESCRIPTION = """\
 Serve a web app over the run records: Leaderboard (the tables of results/LEADERBOARD.md, sortable,
@@ -48,11 +51,24 @@ def run_command(args: argparse.Namespace) -> int:
     print(f"zoo demo: {paths.results_dir()} on {server.url} (Ctrl-C stops it)", flush=True)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"zoo demo: listening on {args.host}: other machines can reach it", flush=True)
-    try:
-        threading.Event().wait()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.close()
-    print("zoo demo: stopped", flush=True)
+    wait_for_stop()
+    # Gradio's close joins its server threads; a request still in flight can hold that for long, and
+    # Ctrl-C must stop the command all the same: the threads are daemons and end with the process.
+    closer = threading.Thread(target=server.close, daemon=True)
+    closer.start()
+    closer.join(CLOSE_WAIT_S)
+    print("zoo demo: stopped" if not closer.is_alive() else
+          f"zoo demo: stopped (the server had not finished closing after {CLOSE_WAIT_S:g} s)", flush=True)
     return 0
+
+
+def wait_for_stop() -> None:
+    """Block until Ctrl-C (SIGINT) or SIGTERM; the previous handlers are restored."""
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        while not stop.wait(0.5):
+            pass
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
