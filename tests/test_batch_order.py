@@ -14,7 +14,7 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 from tests.conftest import save_tiny_bert
 from zoo import paths
 from zoo.cli import main
-from zoo.glue.batches import ShuffledGroupsSampler, train_sampler
+from zoo.glue.batches import GroupedSampler, ShuffledGroupsSampler, train_sampler
 from zoo.recipe.common import dict_hash
 from zoo.recipe.glue import glue_recipe_from, glue_recipe_hash, load_glue_recipe, single_cell
 from zoo.recipe.schema import to_dict
@@ -45,6 +45,31 @@ def test_shuffled_groups_are_the_length_grouped_batches_in_a_random_order() -> N
     assert longest(shuffled)[:15] != sorted(longest(shuffled)[:15], reverse=True)
 
 
+def test_group_batches_sets_the_mega_batch_of_the_length_grouped_orders() -> None:
+    lengths = np.random.default_rng(1).integers(5, 120, size=640).tolist()  # 40 steps
+    torch.manual_seed(5)
+    trainers = list(LengthGroupedSampler(STEP, lengths=lengths))
+    torch.manual_seed(5)
+    assert list(train_sampler("length-grouped", lengths, STEP)) == trainers  # empty: the Trainer's own order
+    torch.manual_seed(5)
+    small = batches(list(train_sampler("length-grouped", lengths, STEP, group_batches=4)))
+    assert isinstance(train_sampler("shuffled-groups", lengths, STEP, 4), GroupedSampler)
+    assert sorted(i for batch in small for i in batch) == list(range(640))
+
+    def longest(batch: list[int]) -> int:
+        return max(lengths[i] for i in batch)
+
+    for mega in range(0, 40, 4):  # each run of 4 batches is one mega-batch, sorted longest first
+        group = small[mega:mega + 4]
+        assert [longest(b) for b in group] == sorted((longest(b) for b in group), reverse=True)
+        assert min(lengths[i] for i in group[0]) >= max(lengths[i] for i in group[1])
+    # mega-batches of 4 batches mix lengths more than the Trainer's of 640 / (4 x 16) = 10 batches: more padding
+    def padded(order: list[list[int]]) -> int:
+        return sum(longest(b) * len(b) for b in order)
+
+    assert padded(small) > padded(batches(trainers))
+
+
 def test_random_order_is_the_trainers_random_sampler() -> None:
     sampler = train_sampler("random", [3] * 50, STEP)
     assert isinstance(sampler, torch.utils.data.RandomSampler)
@@ -60,11 +85,12 @@ def test_the_default_order_keeps_the_ids_cells_had_before_the_setting_existed() 
     recipe = single_cell(load_glue_recipe())
     assert recipe.train.batch_order == "length-grouped"
     legacy = to_dict(recipe)
-    for added in ("batch_order", "prune_vocabulary"):  # settings cells did not have
+    for added in ("batch_order", "group_batches", "prune_vocabulary"):  # settings cells did not have
         del legacy["train"][added]
     assert glue_recipe_hash(recipe) == dict_hash(legacy)
-    other = single_cell(load_glue_recipe(None, ["train.batch_order=shuffled-groups"]))
-    assert glue_recipe_hash(other) != glue_recipe_hash(recipe)
+    for override in ("train.batch_order=shuffled-groups", "train.group_batches=4"):
+        other = single_cell(load_glue_recipe(None, [override]))
+        assert glue_recipe_hash(other) != glue_recipe_hash(recipe)
 
 
 def test_every_committed_cell_recipe_still_hashes_to_its_record() -> None:

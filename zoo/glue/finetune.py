@@ -100,9 +100,11 @@ class GlueTrainer(StopOnNonFiniteLoss, Trainer):
     """The HF Trainer with training batches in the recipe's `train.batch_order` (zoo.glue.batches),
     evaluation in dataset order (sorted by length) and a hard stop on a non-finite loss."""
 
-    def __init__(self, *args: Any, batch_order: str = "length-grouped", **kwargs: Any) -> None:
+    def __init__(self, *args: Any, batch_order: str = "length-grouped", group_batches: int | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.batch_order = batch_order
+        self.group_batches = group_batches
         # Sequence-classification heads return a batch mean even though their forward takes **kwargs;
         # told otherwise, the Trainer would skip the division by grad_accum and scale by world size.
         self.model_accepts_loss_kwargs = False
@@ -113,7 +115,7 @@ class GlueTrainer(StopOnNonFiniteLoss, Trainer):
         # at a time: 28 s per epoch on SST-2 against 1.2 s with a plain list.
         lengths = np.asarray(dataset["length"]).tolist()
         step = self.args.train_batch_size * self.args.gradient_accumulation_steps * self.args.world_size
-        return train_sampler(self.batch_order, lengths, step)
+        return train_sampler(self.batch_order, lengths, step, self.group_batches)
 
     def _get_eval_sampler(self, eval_dataset: Any) -> torch.utils.data.Sampler | None:
         if self.args.world_size <= 1:
@@ -261,7 +263,7 @@ def train_and_evaluate(cell: Cell, record: GlueRecord, predict_test: bool) -> No
         trainer = GlueTrainer(model=model, args=args,
                               train_dataset=cell_inputs.train, eval_dataset=cell_inputs.dev,
                               data_collator=collator, compute_metrics=metrics_function(task), callbacks=[history],
-                              batch_order=recipe.train.batch_order)
+                              batch_order=recipe.train.batch_order, group_batches=recipe.train.group_batches)
         trainer.remove_callback(PrinterCallback)  # the grid prints one line per cell instead
         record.epochs = history.epochs
         t_train = time.monotonic()

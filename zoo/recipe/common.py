@@ -264,6 +264,7 @@ def merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
 # value hashes as if the setting did not exist, so committed run ids and GLUE cell ids stay valid.
 HASH_NEUTRAL: dict[tuple[str, str], Any] = {
     ("train", "batch_order"): "length-grouped",
+    ("train", "group_batches"): None,  # the Trainer's own mega-batch size
     ("train", "compile"): False,
     ("train", "report_to"): [],  # dashboards: the list to_dict writes; an empty one is no dashboard
 }

@@ -57,9 +57,13 @@ BatchOrder = Literal["length-grouped", "shuffled-groups", "random"]
 class GlueTrainSection(TrainSection):
     batch_order: BatchOrder = setting(
         "length-grouped",
-        doc="Training batches: 'length-grouped' (the Trainer's group_by_length: mega-batches of up to 50 "
-            "batches, each sorted longest first), 'shuffled-groups' (the same batches in a random order) or "
-            "'random' (the standard recipe: random batches, more padding).",
+        doc="Training batches: 'length-grouped' (the Trainer's group_by_length: mega-batches of "
+            "`group_batches` batches, each sorted longest first), 'shuffled-groups' (the same batches in a "
+            "random order) or 'random' (the standard recipe: random batches, more padding).",
+    )
+    group_batches: int | None = setting(
+        None, doc="Batches per mega-batch of the length-grouped orders: fewer mix lengths more (closer to "
+                  "random batches, more padding); empty: the Trainer's N / (4 x batch), at most 50.", low=1,
     )
     prune_vocabulary: bool = setting(
         True, doc="Train only the embedding rows of the tokens the task's text uses (exact: the same losses "
