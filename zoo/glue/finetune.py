@@ -50,7 +50,13 @@ from zoo.recipe.glue import GlueRecipe, glue_recipe_hash, glue_recipe_yaml
 from zoo.recipe.schema import to_dict
 from zoo.record.schema import GlueMetrics, GlueRecord, HParams
 from zoo.train.deepspeed import DEEPSPEED_CONFIG_FILE
-from zoo.train.hf_trainer import NonFiniteLoss, StopOnNonFiniteLoss, engine_config, training_arguments
+from zoo.train.hf_trainer import (
+    NonFiniteLoss,
+    StopOnNonFiniteLoss,
+    ZooSchedules,
+    engine_config,
+    training_arguments,
+)
 from zoo.train.lifecycle import RunLifecycle
 from zoo.train.ranks import RankTerminated, is_distributed_launch, is_main_rank, world_size
 
@@ -96,7 +102,7 @@ class PadCollator:
         return self.pad([{k: f[k] for k in MODEL_INPUTS if k in f} for f in features])
 
 
-class GlueTrainer(StopOnNonFiniteLoss, Trainer):
+class GlueTrainer(ZooSchedules, StopOnNonFiniteLoss, Trainer):
     """The HF Trainer with training batches in the recipe's `train.batch_order` (zoo.glue.batches),
     evaluation in dataset order (sorted by length) and a hard stop on a non-finite loss."""
 

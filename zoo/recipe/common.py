@@ -50,11 +50,16 @@ class TrainSection:
     grad_accum: int = setting(1, doc="Gradient accumulation steps.", low=1)
     lr: float = setting(1e-4, doc="Peak learning rate (AdamW).", low=0, high=1)
     weight_decay: float = setting(0.01, doc="AdamW weight decay.", low=0, high=1)
+    adam_beta1: float = setting(0.9, doc="AdamW beta1.", low=0, high=1)
     adam_beta2: float = setting(0.999, doc="AdamW beta2.", low=0, high=1)
+    adam_epsilon: float = setting(1e-8, doc="AdamW epsilon.", low=0, high=1)
     warmup: float = setting(0.06, doc="Warm-up: a fraction of all steps if < 1, else a step count.", low=0)
-    schedule: Literal["linear", "cosine", "constant", "constant_with_warmup"] = setting(
-        "linear", doc="Learning-rate schedule after warm-up."
+    schedule: Literal["linear", "cosine", "constant", "constant_with_warmup", "trapezoid"] = setting(
+        "linear", doc="Learning-rate schedule after warm-up; trapezoid: constant, then a linear decay to zero "
+                      "over the last `decay` of the steps."
     )
+    decay: float = setting(0.2, doc="trapezoid: the fraction of all steps of its final decay to zero.", low=0,
+                           high=1)
     max_steps: int = setting(-1, doc="Optimizer steps to run; -1: run `epochs` epochs.", low=-1)
     epochs: float = setting(1.0, doc="Epochs over the training blocks (when max_steps is -1).", low=0)
     seed: int = setting(42, doc="Seed for initialisation, data order and dynamic masking.")
@@ -266,6 +271,9 @@ HASH_NEUTRAL: dict[tuple[str, str], Any] = {
     ("train", "batch_order"): "length-grouped",
     ("train", "group_batches"): None,  # the Trainer's own mega-batch size
     ("train", "compile"): False,
+    ("train", "adam_beta1"): 0.9,  # the Trainer's defaults
+    ("train", "adam_epsilon"): 1e-8,
+    ("train", "decay"): 0.2,  # read by the trapezoid schedule only
     ("train", "report_to"): [],  # dashboards: the list to_dict writes; an empty one is no dashboard
 }
 

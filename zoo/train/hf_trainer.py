@@ -119,6 +119,18 @@ def loader_arguments(workers: int | str, masking: bool = True) -> dict[str, Any]
             "dataloader_prefetch_factor": 4 if count and gpu else None, "dataloader_persistent_workers": False}
 
 
+# The trapezoid's decay as a fraction of the steps; `ZooSchedules.create_scheduler` turns it into a step count
+# once the Trainer knows how many steps there are.
+DECAY_FRACTION = "zoo_decay_fraction"
+
+
+def schedule_arguments(t: TrainSection) -> dict[str, Any]:
+    if t.schedule != "trapezoid":
+        return {"lr_scheduler_type": t.schedule}
+    return {"lr_scheduler_type": "warmup_stable_decay",
+            "lr_scheduler_kwargs": {"decay_type": "linear", "min_lr_ratio": 0.0, DECAY_FRACTION: t.decay}}
+
+
 def optimisation_arguments(t: TrainSection, eval_batch_size: int) -> dict[str, Any]:
     """The TrainingArguments that a recipe's `train` section decides."""
     return {
@@ -127,9 +139,11 @@ def optimisation_arguments(t: TrainSection, eval_batch_size: int) -> dict[str, A
         "gradient_accumulation_steps": t.grad_accum,
         "learning_rate": t.lr,
         "weight_decay": t.weight_decay,
+        "adam_beta1": t.adam_beta1,
         "adam_beta2": t.adam_beta2,
+        "adam_epsilon": t.adam_epsilon,
         "warmup_steps": t.warmup if t.warmup < 1 else int(t.warmup),
-        "lr_scheduler_type": t.schedule,
+        **schedule_arguments(t),
         "max_steps": t.max_steps,
         "num_train_epochs": t.epochs,
         "seed": t.seed,
@@ -204,6 +218,21 @@ def engine_config(t: TrainSection, ds: DeepSpeedSection, model: Any, record_dir:
     if record_dir is not None:
         save_config(config, record_dir)
     return config
+
+
+class ZooSchedules:
+    """Trainer mixin: the trapezoid schedule (warm-up, constant, linear decay to zero over the last
+    `train.decay` of the steps) through the Trainer's warmup_stable_decay."""
+
+    args: Any
+
+    def create_scheduler(self, num_training_steps: int, optimizer: Any = None) -> Any:
+        kwargs = dict(self.args.lr_scheduler_kwargs or {})
+        if DECAY_FRACTION in kwargs:
+            fraction = kwargs.pop(DECAY_FRACTION)
+            kwargs["num_decay_steps"] = max(1, round(fraction * num_training_steps))
+            self.args.lr_scheduler_kwargs = kwargs
+        return super().create_scheduler(num_training_steps, optimizer)  # type: ignore[misc]
 
 
 class StopOnNonFiniteLoss:
