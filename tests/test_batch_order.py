@@ -81,15 +81,17 @@ def test_random_order_is_the_trainers_random_sampler() -> None:
         train_sampler("sorted", [3], STEP)
 
 
-def test_the_default_order_keeps_the_ids_cells_had_before_the_setting_existed() -> None:
-    recipe = single_cell(load_glue_recipe())
-    assert recipe.train.batch_order == "length-grouped"
+def test_the_trainers_grouping_keeps_the_ids_cells_had_before_the_settings_existed() -> None:
+    recipe = single_cell(load_glue_recipe(None, ["train.group_batches=null"]))
+    assert (recipe.train.batch_order, recipe.train.group_batches) == ("length-grouped", None)
     legacy = to_dict(recipe)
     for added in ("batch_order", "group_batches", "prune_vocabulary"):  # settings cells did not have
         del legacy["train"][added]
     assert glue_recipe_hash(recipe) == dict_hash(legacy)
-    for override in ("train.batch_order=shuffled-groups", "train.group_batches=4"):
-        other = single_cell(load_glue_recipe(None, [override]))
+    default = single_cell(load_glue_recipe())
+    assert default.train.group_batches == 4  # parity with random batches (benchmarks/README.md): a new id
+    for other in (default, single_cell(load_glue_recipe(None, ["train.group_batches=null",
+                                                               "train.batch_order=shuffled-groups"]))):
         assert glue_recipe_hash(other) != glue_recipe_hash(recipe)
 
 
@@ -111,3 +113,4 @@ def test_a_cell_trains_in_the_order_its_recipe_names(tmp_path: Path, isolated: P
     cells = {json.loads((d / "run.json").read_text())["run_id"]: yaml.safe_load((d / "recipe.yaml").read_text())
              for d in (isolated / "results" / "glue" / "tiny-bert" / "rte").iterdir()}
     assert sorted(r["train"]["batch_order"] for r in cells.values()) == ["length-grouped", "shuffled-groups"]
+    assert {r["train"]["group_batches"] for r in cells.values()} == {4}

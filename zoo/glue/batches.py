@@ -4,8 +4,9 @@
   of `group_batches` batches, sorts each longest first, and starts with the mega-batch holding the
   longest example. Batches of like-length examples pad little, but a batch drawn from a big mega-batch is
   far from a random sample of the data: on full MRPC the Trainer's own size (N / (4 x batch), at most 50:
-  28 batches) pads 1.03 tokens per real token and costs 1.45 dev points against random batches
-  (benchmarks/README.md, "GLUE quality parity"); 4 batches pad 1.13-1.16.
+  28 batches) pads 1.03 tokens per real token and costs 3.0 dev points against random batches, while
+  zoo's default of 4 batches pads 1.13-1.16 and trains to the plain Trainer's loss (benchmarks/README.md,
+  "GLUE quality parity").
 - `shuffled-groups`: exactly those batches, in a random order: the same padding, no long-to-short sweep.
 - `random`: the Trainer's `RandomSampler`, the standard recipe (1.5-2 padded tokens per real token).
 

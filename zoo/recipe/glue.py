@@ -62,8 +62,9 @@ class GlueTrainSection(TrainSection):
             "random order) or 'random' (the standard recipe: random batches, more padding).",
     )
     group_batches: int | None = setting(
-        None, doc="Batches per mega-batch of the length-grouped orders: fewer mix lengths more (closer to "
-                  "random batches, more padding); empty: the Trainer's N / (4 x batch), at most 50.", low=1,
+        4, doc="Batches per mega-batch of the length-grouped orders: fewer mix lengths more (closer to random "
+               "batches, more padding); empty: the Trainer's N / (4 x batch), at most 50, which costs dev points "
+               "on full-size tasks (benchmarks/bench_glue_quality.py).", low=1,
     )
     prune_vocabulary: bool = setting(
         True, doc="Train only the embedding rows of the tokens the task's text uses (exact: the same losses "
