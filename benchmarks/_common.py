@@ -9,9 +9,11 @@ machine shared with other work penalises both sides alike; ratios are taken betw
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
 import platform
+import signal
 import statistics
 import subprocess
 import sys
@@ -79,13 +81,22 @@ def arm_parser(description: str) -> argparse.ArgumentParser:
     return parser
 
 
+def die_with_parent() -> None:
+    """In an arm's process before it starts: SIGKILL when the benchmark ends, however it ends (Linux
+    prctl PR_SET_PDEATHSIG), so that a stopped benchmark leaves no arm training on the cores."""
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)
+
+
+CHILD_PREEXEC = die_with_parent if sys.platform == "linux" else None  # preexec_fn of every benchmark child
+
+
 def run_arm(script: str, arm: str, spec: dict[str, Any], env: dict[str, str] | None = None,
             timeout: float | None = None) -> dict[str, Any]:
     """Run `script --arm ARM --arm-spec JSON` in a fresh process; its result dict (or a failure)."""
     command = [sys.executable, str(REPO / "benchmarks" / script), "--arm", arm, "--arm-spec", json.dumps(spec)]
     started = time.monotonic()
     proc = subprocess.run(command, cwd=REPO, env={**os.environ, **(env or {})}, capture_output=True, text=True,
-                          timeout=timeout)
+                          timeout=timeout, preexec_fn=CHILD_PREEXEC)
     for line in reversed(proc.stdout.splitlines()):
         if line.startswith(RESULT_MARK):
             return {**json.loads(line[len(RESULT_MARK):]), "process_s": round(time.monotonic() - started, 2)}

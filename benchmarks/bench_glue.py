@@ -132,7 +132,8 @@ def run_zoo(grid: Grid, workers: int, overrides: tuple[str, ...] = ()) -> dict[s
         command = [sys.executable, "-m", "zoo", "glue", grid.model, "--grid", "--tasks", ",".join(grid.tasks),
                    "--workers", str(workers), "--smoke", "--set", *grid.zoo_overrides(), *overrides]
         start = time.perf_counter()
-        proc = subprocess.run(command, cwd=common.REPO, capture_output=True, text=True, env=dict(os.environ))
+        proc = subprocess.run(command, cwd=common.REPO, capture_output=True, text=True, env=dict(os.environ),
+                              preexec_fn=common.CHILD_PREEXEC)
         wall = time.perf_counter() - start
         records = [json.loads(p.read_text()) for p in (tmp / "results").glob("glue/*/*/*/run.json")]
     ok = [r for r in records if r.get("status") == "ok"]

@@ -173,7 +173,8 @@ def zoo_arm(setting: Setting) -> dict[str, Any]:
     with common.scratch_dirs(own_cache=False) as tmp:
         command = [sys.executable, "-m", "zoo", "pretrain", setting.model, "imdb", "--smoke", "--set",
                    *setting.overrides()]
-        proc = subprocess.run(command, cwd=common.REPO, capture_output=True, text=True, env=dict(os.environ))
+        proc = subprocess.run(command, cwd=common.REPO, capture_output=True, text=True, env=dict(os.environ),
+                              preexec_fn=common.CHILD_PREEXEC)
         records = sorted((tmp / "results").glob("pretrain/*/run.json"))
         if proc.returncode != 0 or not records:
             raise RuntimeError(f"zoo pretrain failed: {proc.stderr.strip().splitlines()[-3:]}")
