@@ -234,8 +234,9 @@ class StepClock:
         return self.ends[count - 1] - self.start
 
 
-def clock_zoo_steps(clock: StepClock) -> None:
-    """Add `clock` to every Trainer zoo's LM training (`zoo.train.lm.run_lm`) builds in this process."""
+def clock_zoo_steps(clock: Any) -> None:
+    """Add `clock` (a StepClock or any Trainer callback) to every Trainer zoo's LM training
+    (`zoo.train.lm.run_lm`) builds in this process."""
     import zoo.train.lm as train
 
     build = train._trainer

@@ -146,14 +146,7 @@ def zoo_arm(spec: dict[str, Any]) -> dict[str, Any]:
 
     run = run_from(spec)
     clock = TrainingClock(held_out(run.setting), run.eval_every_s, run.budget_s, run.target_loss)
-    build = lm._trainer
-
-    def with_clock(*args: Any, **kwargs: Any) -> Any:
-        trainer = build(*args, **kwargs)
-        trainer.add_callback(clock)
-        return trainer
-
-    lm._trainer = with_clock
+    common.clock_zoo_steps(clock)
     shared = [o for o in run.setting.overrides() if o.split("=")[0] in ("data.max_documents", "train.seed")]
     recipe, _ = compose("pretrain", run.setting.model, "wikipedia",
                         [*shared, *run.zoo_set, f"train.max_steps={run.steps or PROBE_STEPS}", "train.eval_every=0",
