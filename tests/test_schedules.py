@@ -1,8 +1,9 @@
-"""The optimiser settings of `train`: AdamW's betas and epsilon, and the trapezoid schedule."""
+"""The optimiser settings of `train`: AdamW's betas and epsilon, the trapezoid schedule, the batch-size ramp."""
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -10,10 +11,13 @@ import torch
 import yaml
 from transformers import BertConfig, BertForMaskedLM, Trainer
 
+from tests.conftest import TINY_BERT
+from tests.test_pretrain import only_record, tiny_args
 from zoo import paths
+from zoo.cli import main
 from zoo.recipe.common import TrainSection
 from zoo.recipe.lm import load_recipe, recipe_hash
-from zoo.train.hf_trainer import ZooSchedules, training_arguments
+from zoo.train.hf_trainer import ZooSchedules, ramped_batch_size, training_arguments
 
 
 class ScheduledTrainer(ZooSchedules, Trainer):
@@ -53,4 +57,37 @@ def test_the_new_settings_keep_every_committed_pretraining_run_id() -> None:
     for path in committed:
         recipe = load_recipe(yaml.safe_load((path.parent / "recipe.yaml").read_text()), str(path))
         assert (recipe.train.adam_beta1, recipe.train.adam_epsilon, recipe.train.decay) == (0.9, 1e-8, 0.2)
+        assert (recipe.train.batch_ramp, recipe.train.batch_ramp_start) == (0.0, 8)
         assert recipe_hash(recipe) == json.loads(path.read_text())["recipe_hash"], path
+
+
+def test_the_ramp_grows_the_batch_linearly_in_multiples_of_its_start() -> None:
+    sizes = [ramped_batch_size(step, 100, 0.4, 8, 64) for step in range(100)]
+    assert sizes[0] == 8 and sizes[40:] == [64] * 60
+    assert all(a <= b for a, b in zip(sizes, sizes[1:])) and {s % 8 for s in sizes} == {0}
+    assert sizes[25] == 40  # 8 + 56 * 25/40 = 43, to the nearest multiple of 8
+    assert [ramped_batch_size(step, 100, 0.0, 8, 64) for step in (0, 50)] == [64, 64]
+
+
+def test_a_ramped_run_trains_and_counts_the_smaller_batches(
+    text_corpus: Path, isolated: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A real run of 6 steps ramping from 2 to 4 over the first half: the record counts the ramp's tokens."""
+    ramp = ["train.max_steps=6", "train.batch_ramp=0.5", "train.batch_ramp_start=2", "train.max_grad_norm=0"]
+    assert main(tiny_args(text_corpus, "bert-tiny", TINY_BERT, *ramp)) == 0
+    record = only_record(isolated)
+    sizes = [ramped_batch_size(step, 6, 0.5, 2, 4) for step in range(6)]
+    assert sizes == [2, 2, 4, 4, 4, 4]
+    assert record["status"] == "ok" and record["tokens_seen"] == sum(sizes) * 32
+    losses = [h["loss"] for h in record["history"] if "loss" in h]
+    # an untrained model's loss is about ln(vocabulary) at every size: each cut batch is normalised by its own tokens
+    assert len(losses) == 6 and all(loss == pytest.approx(math.log(30522), rel=0.1) for loss in losses[:2])
+    capsys.readouterr()
+    assert main(tiny_args(text_corpus, "bert-tiny", TINY_BERT, "train.batch_ramp=0.5", "train.batch_ramp_start=8",
+                          "--dry-run")) == 2
+    assert "train.batch_ramp_start=8 exceeds train.batch_size=4" in capsys.readouterr().err
+
+
+def test_glue_cells_refuse_the_ramp(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["glue", "bert-tiny", "--task", "rte", "--set", "train.batch_ramp=0.1", "--dry-run"]) == 2
+    assert "train.batch_ramp is for pretraining and fine-tuning runs, not GLUE cells" in capsys.readouterr().err

@@ -150,6 +150,9 @@ def resolve(recipe: Recipe) -> Recipe:
     o = resolved.objective
     if o.mask_replace_prob + o.random_replace_prob > 1:
         raise RecipeError("objective: mask_replace_prob + random_replace_prob must be <= 1")
+    t = resolved.train
+    if t.batch_ramp and t.batch_ramp_start > t.batch_size:
+        raise RecipeError(f"train.batch_ramp_start={t.batch_ramp_start} exceeds train.batch_size={t.batch_size}")
     _check_block_size(resolved)
     return resolved
 

@@ -235,6 +235,43 @@ class ZooSchedules:
         return super().create_scheduler(num_training_steps, optimizer)  # type: ignore[misc]
 
 
+def ramped_batch_size(step: int, total_steps: int, ramp: float, start: int, full: int) -> int:
+    """The micro-batch size of optimizer step `step` (0-based) under a linear ramp from `start` to `full` over
+    the first `ramp` of `total_steps`, in whole multiples of `start`."""
+    ramp_steps = round(ramp * total_steps)
+    if step >= ramp_steps or start >= full:
+        return full
+    grown = start + (full - start) * step / ramp_steps
+    return min(full, max(start, start * round(grown / start)))
+
+
+def batch_head(batch: Any, size: int) -> Any:
+    """The first `size` examples of a collated batch (every tensor cut along its batch dimension)."""
+    return {key: value[:size] if isinstance(value, torch.Tensor) and value.dim() > 0 else value
+            for key, value in batch.items()}
+
+
+class BatchRamp:
+    """Trainer mixin: `train.batch_ramp` grows the micro-batch from `train.batch_ramp_start` to
+    `train.batch_size` over the first part of training. Each step's batch is cut to the step's size before
+    its tokens are counted, so the loss normalisation, tokens seen and every rank agree; the step is a pure
+    function of the Trainer's global step, so a resumed run ramps exactly as an uninterrupted one."""
+
+    args: Any
+    state: Any
+    ramp: tuple[float, int] = (0.0, 1)  # (fraction of steps, first size)
+
+    def get_batch_samples(self, epoch_iterator: Any, num_batches: int, device: Any) -> tuple[list, Any]:
+        batches, items = super().get_batch_samples(epoch_iterator, num_batches, device)  # type: ignore[misc]
+        fraction, start = self.ramp
+        full = self.args.per_device_train_batch_size
+        size = ramped_batch_size(self.state.global_step, self.state.max_steps, fraction, start, full)
+        if size >= full:
+            return batches, items
+        batches = [batch_head(batch, size) for batch in batches]
+        return batches, self._get_num_items_in_batch(batches, device)  # type: ignore[attr-defined]
+
+
 class StopOnNonFiniteLoss:
     """Trainer mixin: a NaN or infinite training loss stops training with `NonFiniteLoss`.
 

@@ -32,7 +32,7 @@ from zoo.record.store import new_run_id, now_iso, read_if_readable, run_dir
 from zoo.train.checkpoints import resumable_checkpoint
 from zoo.train.deepspeed import DEEPSPEED_CONFIG_FILE
 from zoo.train.evaluation import lm_metrics
-from zoo.train.hf_trainer import StopOnNonFiniteLoss, ZooSchedules, engine_config, training_arguments
+from zoo.train.hf_trainer import BatchRamp, StopOnNonFiniteLoss, ZooSchedules, engine_config, training_arguments
 from zoo.train.lifecycle import RunLifecycle, stop_on_sigterm
 from zoo.train.ranks import is_distributed_launch, join_launch, shared_from_main
 
@@ -82,7 +82,7 @@ class EpochCallback(TrainerCallback):
         self.clock.epoch = int(math.floor((state.epoch or 0.0) + 1e-6))
 
 
-class ZooTrainer(ZooSchedules, StopOnNonFiniteLoss, Trainer):
+class ZooTrainer(ZooSchedules, BatchRamp, StopOnNonFiniteLoss, Trainer):
     """The HF Trainer with a token-weighted training loss and evaluation, and a hard stop on a non-finite loss."""
 
     def __init__(self, *args: Any, objective: str, **kwargs: Any) -> None:
@@ -237,6 +237,7 @@ def _trainer(run: RunLifecycle, recipe: Recipe, data: LMData, model: Any, output
         atomic_write(output_dir / RECIPE_FILE, run.recipe_yaml)
     trainer = ZooTrainer(model=model, args=lm_training_arguments(recipe, output_dir, engine), train_dataset=data.train,
                          eval_dataset=data.eval, data_collator=data.collate, objective=recipe.objective.type)
+    trainer.ramp = (recipe.train.batch_ramp, recipe.train.batch_ramp_start)
     if isinstance(data.collate, MLMCollator):
         trainer.add_callback(EpochCallback(data.collate.clock))
     record.params = count_parameters(model)
