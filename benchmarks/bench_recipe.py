@@ -1,0 +1,188 @@
+"""Recipe levers: each pretraining hyper-parameter measured alone against the committed bert-tiny recipe,
+at equal training time.
+
+Every arm is `zoo.train.lm.run_lm` (the code behind `zoo pretrain bert-tiny wikipedia`) on the committed
+recipe (recipes/pretrain/bert-tiny-wikipedia.yaml) with exactly one lever's `--set` overrides. Its step
+count is fitted to `--minutes` of training by a probe run of that arm first (a lever that changes the cost
+of a step, such as batch size, sequence length or masking rate, gets its own fit; the batch-size ramp is
+probed at the full batch and its cheaper early steps counted), so that every schedule completes in the same
+time. Each arm is scored on the same fixed-mask held-out Wikipedia blocks as bench_speedrun.py (the
+committed recipe's: 15% masking, 80/10/10, 128 tokens, whatever the lever changes in training), with
+evaluation off the clock. A lever wins when its mean final loss is below the current recipe's by more than
+the noise: the larger half-range of the two sides' seeds (at least NOISE_FLOOR).
+
+    python benchmarks/bench_recipe.py --json benchmarks/results/recipe_levers.json --resume
+    python benchmarks/bench_recipe.py --levers current,lr-2e-3 --seeds 42,43 --minutes 6
+    python benchmarks/bench_recipe.py --quick                     # two levers, tiny data, about 2 minutes
+
+Each finished arm is written to `--json` at once; `--resume` skips the (lever, seed) arms it already holds.
+Short budgets favour fast-converging settings: a lever's win at 5 minutes is checked again at the
+published run's length before it becomes the recipe.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as common  # noqa: E402
+from bench_pretrain import Setting, prepare_cache  # noqa: E402
+from bench_speedrun import PROBE_STEPS, UNBOUNDED_S, Run, fitted_steps, zoo_arm  # noqa: E402
+
+NOISE_FLOOR = 0.01  # held-out loss; below it a gap is not called either way
+NO_DROPOUT = "model.config={hidden_dropout_prob: 0.0, attention_probs_dropout_prob: 0.0}"
+LEVERS: dict[str, list[str]] = {
+    "current": [],
+    "lr-1e-3": ["train.lr=1e-3"],
+    "lr-2e-3": ["train.lr=2e-3"],
+    "warmup-0.02": ["train.warmup=0.02"],
+    "cosine": ["train.schedule=cosine"],
+    "trapezoid": ["train.schedule=trapezoid", "train.decay=0.2"],
+    "batch-32": ["train.batch_size=32"],
+    "batch-128": ["train.batch_size=128"],
+    "batch-ramp": ["train.batch_ramp=0.1", "train.batch_ramp_start=16"],
+    "dropout-off": [NO_DROPOUT],
+    "mask-0.2": ["objective.mlm_probability=0.2"],
+    "mask-0.3": ["objective.mlm_probability=0.3"],
+    "mask-0.4": ["objective.mlm_probability=0.4"],
+    "mask-only": ["objective.mask_replace_prob=1.0", "objective.random_replace_prob=0.0"],
+    "beta2-0.98": ["train.adam_beta2=0.98"],
+    "eps-1e-6": ["train.adam_epsilon=1e-6"],
+    "wd-0": ["train.weight_decay=0.0"],
+    "wd-0.1": ["train.weight_decay=0.1"],
+    "clip-off": ["train.max_grad_norm=0"],
+    "seq-256": ["data.block_size=256", "train.batch_size=32"],  # the same tokens per step
+}
+RAMP_KEYS = ("train.batch_ramp=", "train.batch_ramp_start=")
+
+
+def lever_train(sets: list[str]) -> Any:
+    """The `train` section of the committed recipe under a lever's overrides (a bad override fails here)."""
+    from zoo.recipe.lm import compose, resolve
+
+    recipe, _ = compose("pretrain", "bert-tiny", "wikipedia", sets)
+    return resolve(recipe).train
+
+
+def ramp_time_share(sets: list[str], steps: int) -> float:
+    """A step's mean cost under the lever's batch-size ramp, as a share of a full-batch step (cost taken as
+    proportional to the batch size); 1.0 without a ramp."""
+    from zoo.train.hf_trainer import ramped_batch_size
+
+    t = lever_train(sets)
+    if not t.batch_ramp:
+        return 1.0
+    sizes = (ramped_batch_size(step, steps, t.batch_ramp, t.batch_ramp_start, t.batch_size) for step in range(steps))
+    return sum(sizes) / (steps * t.batch_size)
+
+
+def ramp_fitted_steps(per_step: float, budget_s: float, sets: list[str]) -> int:
+    steps = fitted_steps(per_step, budget_s)
+    for _ in range(4):  # the share depends on the step count only through the ramp's rounding: converges fast
+        steps = fitted_steps(per_step * ramp_time_share(sets, steps), budget_s)
+    return steps
+
+
+def run_lever(setting: Setting, lever: str, budget_s: float, env: dict[str, str]) -> dict[str, Any]:
+    """One (lever, seed) arm: a probe run for its seconds per step, then the run fitted to the budget."""
+    sets = LEVERS[lever]
+
+    def arm(run: Run) -> dict[str, Any]:
+        return common.run_arm("bench_recipe.py", "zoo", {**asdict(run), "setting": asdict(setting)}, env=env)
+
+    probe_sets = [s for s in sets if not s.startswith(RAMP_KEYS)]
+    per_step = arm(Run(setting, UNBOUNDED_S, UNBOUNDED_S, zoo_set=probe_sets))["s_per_step"]
+    steps = ramp_fitted_steps(per_step, budget_s, sets)
+    result = arm(Run(setting, budget_s * 1.15, budget_s / 4, steps, zoo_set=sets))
+    final = result["curve"][-1]["eval_loss"]
+    print(f"{lever} seed {setting.seed}: {result['steps']} steps in {result['train_s']:.0f} s, held-out loss "
+          f"{final:.4f} (probe {per_step:.3f} s/step)", flush=True)
+    return {"lever": lever, "seed": setting.seed, "sets": sets, "probe_s_per_step": per_step, "planned_steps": steps,
+            "steps": result["steps"], "train_s": result["train_s"], "final_loss": final, "curve": result["curve"],
+            "tokens_per_s": result["tokens_per_s"]}
+
+
+def half_range(values: list[float]) -> float:
+    return (max(values) - min(values)) / 2 if len(values) > 1 else 0.0
+
+
+def verdicts(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per lever: mean final loss, gap to the current recipe, the noise it is judged against."""
+    by_lever: dict[str, list[dict[str, Any]]] = {}
+    for run in runs:
+        by_lever.setdefault(run["lever"], []).append(run)
+    current = [r["final_loss"] for r in by_lever.get("current", [])]
+    rows = []
+    for lever, group in by_lever.items():
+        losses = [r["final_loss"] for r in group]
+        mean = statistics.fmean(losses)
+        row = {"lever": lever, "overrides": " ".join(LEVERS.get(lever, group[0]["sets"])) or "(committed recipe)",
+               "seeds": len(group), "steps": round(statistics.fmean(r["steps"] for r in group)),
+               "train s": round(statistics.fmean(r["train_s"] for r in group)), "held-out loss": round(mean, 4)}
+        if current and lever != "current":
+            gap = mean - statistics.fmean(current)
+            noise = max(half_range(current), half_range(losses), NOISE_FLOOR)
+            row.update({"vs current": round(gap, 4), "noise": round(noise, 4),
+                        "verdict": "wins" if gap < -noise else "loses" if gap > noise else "within noise"})
+        rows.append(row)
+    return sorted(rows, key=lambda r: r["held-out loss"])
+
+
+def load_earlier(path: str | None, resume: bool, setting: dict[str, Any], budget_s: float) -> list[dict[str, Any]]:
+    if not (resume and path and Path(path).is_file()):
+        return []
+    earlier = json.loads(Path(path).read_text())
+    if earlier["setting"] != setting or earlier["budget_s"] != budget_s:
+        raise SystemExit(f"--resume: {path} was measured with another setting or budget")
+    return earlier["runs"]
+
+
+def main() -> int:
+    common.setup_environment()
+    parser = common.arm_parser(__doc__.split("\n\n")[0])
+    parser.add_argument("--levers", help=f"comma-separated levers (default: all): {', '.join(LEVERS)}")
+    parser.add_argument("--seeds", default="42", help="comma-separated seeds, each lever run once per seed")
+    parser.add_argument("--minutes", type=float, help="training minutes of every arm (default 5)")
+    parser.add_argument("--documents", type=int, help="the first N Wikipedia documents (default 0: all)")
+    parser.add_argument("--eval-blocks", type=int, help="held-out blocks scored (default 512)")
+    parser.add_argument("--resume", action="store_true", help="keep the arms --json already holds")
+    args = parser.parse_args()
+    if args.arm:
+        common.emit(zoo_arm(json.loads(args.arm_spec)))
+        return 0
+    levers = args.levers.split(",") if args.levers else (["current", "lr-2e-3"] if args.quick else list(LEVERS))
+    unknown = [lever for lever in levers if lever not in LEVERS]
+    if unknown:
+        raise SystemExit(f"unknown lever(s) {', '.join(unknown)}; known: {', '.join(LEVERS)}")
+    budget = (args.minutes or (0.3 if args.quick else 5.0)) * 60
+    base = Setting("bert-tiny", steps=0, corpus="wikipedia",
+                   documents=args.documents if args.documents is not None else (300 if args.quick else 0),
+                   eval_blocks=args.eval_blocks or (32 if args.quick else 512))
+    payload: dict[str, Any] = {"machine": common.machine(), "command": " ".join(sys.argv[1:]),
+                               "setting": asdict(base), "budget_s": budget, "probe_steps": PROBE_STEPS}
+    runs = load_earlier(args.json, args.resume, payload["setting"], budget)
+    done = {(r["lever"], r["seed"]) for r in runs}
+    print("machine:", json.dumps(payload["machine"]))
+    with common.scratch_dirs() as tmp:
+        env = {"ZOO_CACHE_DIR": str(tmp / "cache")}
+        prepare_cache(base)  # tokenized and packed once, outside every clock (seq-256 packs its own)
+        for seed in (int(s) for s in args.seeds.split(",")):
+            for lever in levers:
+                if (lever, seed) in done:
+                    continue
+                runs.append(run_lever(Setting(**{**asdict(base), "seed": seed}), lever, budget, env))
+                common.save_json(args.json, {**payload, "runs": runs})
+    payload["runs"], payload["levers"] = runs, verdicts(runs)
+    common.print_table(payload["levers"], f"recipe levers: bert-tiny on Wikipedia, {budget / 60:g} training minutes "
+                                          "each, final held-out MLM loss (fixed masks)")
+    common.save_json(args.json, payload)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

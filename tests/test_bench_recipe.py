@@ -1,0 +1,37 @@
+"""bench_recipe.py's own logic: every lever is a valid recipe, the ramp's time fit, the verdicts."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import bench_recipe  # noqa: E402
+
+
+@pytest.mark.parametrize("lever", sorted(bench_recipe.LEVERS))
+def test_every_lever_changes_the_committed_recipe_as_it_says(lever: str) -> None:
+    train = bench_recipe.lever_train(bench_recipe.LEVERS[lever])
+    assert (train.batch_size, train.lr) == ({"batch-32": 32, "seq-256": 32, "batch-128": 128}.get(lever, 64),
+                                            {"lr-1e-3": 1e-3, "lr-2e-3": 2e-3}.get(lever, 5e-4))
+
+
+def test_the_ramp_is_fitted_with_its_cheaper_early_steps() -> None:
+    ramp = bench_recipe.LEVERS["batch-ramp"]
+    assert bench_recipe.ramp_time_share([], 1000) == 1.0
+    share = bench_recipe.ramp_time_share(ramp, 1000)
+    assert 0.9 < share < 1.0  # the first 10% of steps at 16..64 of 64
+    plain, ramped = bench_recipe.ramp_fitted_steps(0.1, 100.0, []), bench_recipe.ramp_fitted_steps(0.1, 100.0, ramp)
+    assert plain == 1000 and ramped * 0.1 * bench_recipe.ramp_time_share(ramp, ramped) == pytest.approx(100, rel=0.01)
+
+
+def test_a_lever_wins_only_beyond_the_noise_of_both_sides() -> None:
+    runs = [{"lever": lever, "seed": seed, "sets": [], "steps": 10, "train_s": 60.0, "final_loss": loss}
+            for lever, seed, loss in [("current", 42, 6.00), ("current", 43, 6.04), ("lr-2e-3", 42, 5.90),
+                                      ("lr-2e-3", 43, 5.92), ("wd-0", 42, 6.01), ("cosine", 42, 6.30)]]
+    rows = {row["lever"]: row for row in bench_recipe.verdicts(runs)}
+    assert rows["lr-2e-3"]["verdict"] == "wins" and rows["lr-2e-3"]["vs current"] == pytest.approx(-0.11)
+    assert rows["wd-0"]["verdict"] == "within noise" and rows["cosine"]["verdict"] == "loses"
+    assert rows["current"]["held-out loss"] == pytest.approx(6.02) and "verdict" not in rows["current"]
