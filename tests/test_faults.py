@@ -138,8 +138,12 @@ def test_killing_a_glue_grid_leaves_no_worker_behind(tmp_path: Path, isolated: P
     def workers_training() -> list[psutil.Process]:
         return [p for p in parent.children(recursive=True) if "spawn_main" in " ".join(p.cmdline())]
 
+    def statuses() -> list[str]:
+        return [json.loads(p.read_text())["status"] for p in (isolated / "results" / "glue").glob("*/rte/*/run.json")]
+
     wait_for(lambda: len(workers_training()) == 2, 120, "two workers", interval=0.2)
-    time.sleep(3.0)  # the workers are inside their first cells
+    # a cell's record says `running` from its start: the workers are inside their first cells
+    wait_for(lambda: statuses() == ["running", "running"], 120, "two running cell records", interval=0.2)
     descendants = parent.children(recursive=True)
     assert len([p for p in descendants if "spawn_main" in " ".join(p.cmdline())]) == 2
     process.send_signal(signal.SIGKILL)

@@ -303,6 +303,7 @@ def run_cell(spec: dict[str, Any]) -> dict[str, Any]:
     record = new_record(cell)
     run = RunLifecycle(record, cell.directory, cell.work_dir, glue_recipe_yaml(cell.recipe))
     run.begin(spec.get("started"))
+    run.save_progress()  # `running` from now on: an earlier attempt's failed record no longer stands
     try:
         train_and_evaluate(cell, record, bool(spec.get("predict_test")))
         run.succeed()

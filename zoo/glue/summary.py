@@ -35,7 +35,7 @@ def task_summary(cells: list[Cell]) -> dict[str, Any]:
     rows = [cell_row(cell) for cell in cells]
     statuses = [r["status"] for r in rows]
     return {
-        "cells": {s: statuses.count(s) for s in ("ok", "failed", "missing") if statuses.count(s)},
+        "cells": {s: statuses.count(s) for s in ("ok", "failed", "running", "missing") if statuses.count(s)},
         "best": best_row(rows),
         "table": score_table(rows),
         "epochs": cells[0].recipe.train.epochs,
