@@ -185,8 +185,10 @@ def glue_section(board: Board, links: Links, level: int) -> str:
         parts.append(render_table(pd.DataFrame(rows), right=[*labels, "GLUE avg"]))
     parts.append(
         "Scores in %. zoo rows: dev set, the best batch size × learning rate of each task's grid (the seeds of "
-        "a setting averaged). GLUE avg: mean over the nine tasks of each task's score, a two-metric task (MRPC, QQP, "
-        "STS-B, MNLI m/mm) scoring the mean of its two; rows missing tasks average the tasks they have. "
+        "a setting averaged); a model linked to its hub page is a published checkpoint fine-tuned by zoo's own cells "
+        "(a check of the pipeline on real weights), not a model zoo pretrained. GLUE avg: mean over the nine tasks "
+        "of each task's score, a two-metric task (MRPC, QQP, STS-B, MNLI m/mm) scoring the mean of its two; rows "
+        "missing tasks average the tasks they have. "
         "Rows marked *reference* are published numbers, for comparison only (their pretraining differs from "
         "zoo's): `Set` names their split and source; a row with a published GLUE score shows it (Turc et al.'s "
         "**test-set** rows), one without shows the average computed as for zoo rows (see its source's note). "
