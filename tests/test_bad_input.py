@@ -179,7 +179,7 @@ def test_an_empty_recipe_file_is_rejected(text: str, tmp_path: Path, capsys: pyt
 
 @pytest.mark.parametrize(("override", "expected"), [
     ("train.lr=abc", "--set train.lr: expected float, got 'abc'"),
-    ("train.lrr=1", "--set train.lrr: unknown key 'lrr'; allowed: adam_beta1, adam_beta2, adam_epsilon, batch_size, "),
+    ("train.lrr=1", "--set train.lrr: unknown key 'lrr'; allowed: adam_beta1, adam_beta2, adam_epsilon, batch_ramp, "),
     ("train.batch_size=0", "--set train.batch_size: 0 is out of range, allowed [1, inf]"),
     ("eval.max_blocks=all", "--set eval.max_blocks: expected int or null, got 'all'"),
     ("train={lr: abc}", "--set train.lr: expected float, got 'abc'"),

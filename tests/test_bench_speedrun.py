@@ -55,7 +55,7 @@ def train(tmp_path: Path, clock: TrainingClock, steps: int) -> Trainer:
 
 def test_evaluations_come_by_training_time_and_stay_off_the_clock(tmp_path: Path) -> None:
     spent, evaluate = held_out_loss(sleep_s=0.1)
-    clock = TrainingClock(evaluate, every_s=0.05, budget_s=1e9)
+    clock = TrainingClock(evaluate, every_s=0.01, budget_s=1e9)  # 24 steps take about 0.1 s on a quiet machine
     began = time.monotonic()
     trainer = train(tmp_path, clock, steps=24)
     wall = time.monotonic() - began
@@ -63,7 +63,7 @@ def test_evaluations_come_by_training_time_and_stay_off_the_clock(tmp_path: Path
     assert len(clock.curve) >= 3 and len(spent) == len(clock.curve)
     times = [p["train_s"] for p in clock.curve]
     assert times == sorted(times)
-    assert all(b - a >= 0.05 for a, b in zip(times[:-2], times[1:-1]))  # the last step's comes when it ends
+    assert all(b - a >= 0.01 for a, b in zip(times[:-2], times[1:-1]))  # the last step's comes when it ends
     assert clock.training_s() < wall - sum(spent) + 0.05  # 0.1 s of every evaluation is not training time
     assert clock.curve[-1]["eval_loss"] < clock.curve[0]["eval_loss"]  # it learns the blocks
 
