@@ -60,11 +60,6 @@ class TrainSection:
     )
     decay: float = setting(0.2, doc="trapezoid: the fraction of all steps of its final decay to zero.", low=0,
                            high=1)
-    batch_ramp: float = setting(0.0, doc="Batch-size ramp: the fraction of all steps over which the micro-batch "
-                                "grows linearly from `batch_ramp_start` to `batch_size` (in steps of "
-                                "`batch_ramp_start`; each batch's tail is left out); 0: off. Pretraining and "
-                                "fine-tuning runs only.", low=0, high=1)
-    batch_ramp_start: int = setting(8, doc="The ramp's first micro-batch size (at most `batch_size`).", low=1)
     max_steps: int = setting(-1, doc="Optimizer steps to run; -1: run `epochs` epochs.", low=-1)
     epochs: float = setting(1.0, doc="Epochs over the training blocks (when max_steps is -1).", low=0)
     seed: int = setting(42, doc="Seed for initialisation, data order and dynamic masking.")

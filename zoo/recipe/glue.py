@@ -130,8 +130,6 @@ def _grid_error(source: str, axis: str, problem: str) -> RecipeError:
 def check(recipe: GlueRecipe, source: str) -> None:
     """Cross-field checks the schema cannot express: known tasks, non-empty grid axes, unique values."""
     get_task(recipe.task.name)
-    if recipe.train.batch_ramp:
-        raise RecipeError(f"{source}: train.batch_ramp is for pretraining and fine-tuning runs, not GLUE cells")
     for name in recipe.grid.tasks:
         get_task(name)
     for axis in ("batch_sizes", "lrs", "seeds"):

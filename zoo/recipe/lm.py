@@ -69,13 +69,23 @@ class EvalSection:
 
 
 @dataclass
+class LMTrainSection(TrainSection):
+    """`train` of pretraining and fine-tuning runs: the shared optimisation settings plus the batch-size ramp."""
+
+    batch_ramp: float = setting(0.0, doc="Batch-size ramp: the fraction of all steps over which the micro-batch "
+                                "grows linearly from `batch_ramp_start` to `batch_size` (in steps of "
+                                "`batch_ramp_start`; each batch's tail is left out); 0: off.", low=0, high=1)
+    batch_ramp_start: int = setting(8, doc="The ramp's first micro-batch size (at most `batch_size`).", low=1)
+
+
+@dataclass
 class Recipe(RecipeHead):
     kind: Literal["pretrain", "finetune"] = setting("pretrain", doc="pretrain (from scratch) or finetune.")
     model: ModelSection = setting(factory=ModelSection, doc="What to train.")
     tokenizer: TokenizerSection = setting(factory=TokenizerSection, doc="How text becomes tokens.")
     data: DataSection = setting(factory=DataSection, doc="What to train on.")
     objective: ObjectiveSection = setting(factory=ObjectiveSection, doc="Training objective.")
-    train: TrainSection = setting(factory=TrainSection, doc="Optimisation.")
+    train: LMTrainSection = setting(factory=LMTrainSection, doc="Optimisation.")
     deepspeed: DeepSpeedSection = setting(factory=DeepSpeedSection, doc="DeepSpeed engine settings.")
     eval: EvalSection = setting(factory=EvalSection, doc="Evaluation.")
 
