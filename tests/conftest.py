@@ -30,6 +30,14 @@ def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @pytest.fixture
+def results(isolated: Path) -> Path:
+    """The leaderboard tests' fixed run records (tests/leaderboard_data.py) in this test's results folder."""
+    from tests.leaderboard_data import write_results
+
+    return write_results(Path(os.environ["ZOO_RESULTS_DIR"]))
+
+
+@pytest.fixture
 def mirror() -> Path:
     """The real local data mirror (../shared/data); tests that need it skip nothing: it must exist."""
     assert MIRROR.is_dir(), f"local data mirror missing at {MIRROR} (set ZOO_DATA_DIR)"

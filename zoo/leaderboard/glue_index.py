@@ -15,22 +15,24 @@ from pathlib import Path
 
 import pandas as pd
 
-from zoo.leaderboard.glue_view import GLUE_COLUMNS, TaskColumn, TaskGrid, task_cell
+from zoo.leaderboard.glue_view import GLUE_COLUMNS, TaskColumn, TaskGrid, classic_settings, task_cell
 from zoo.leaderboard.load import GLUE_DIR, INDEX_FILE, LEADERBOARD_FILE, Board
 from zoo.leaderboard.render import model_link, render_table
 from zoo.leaderboard.text import NONE, Links, learning_rate, read_text_exact, write_if_changed
 
-COLUMNS = ["Task", "Batch size", "LR", "Seeds", "Dev (%)", "Seed", "Seed dev (%)", "Record", "cfg"]
+COLUMNS = ["Task", "Grid", "Batch size", "LR", "Seeds", "Dev (%)", "Seed", "Seed dev (%)", "Record", "cfg"]
 
 
 def task_row(column: TaskColumn, grid: TaskGrid, links: Links) -> dict[str, str]:
     """One task: its chosen setting and the chosen cell, or 'failed' when no cell of the grid finished."""
     best = grid.best
+    coverage = f"{grid.finished_classic}/{len(classic_settings())}"
     if best is None:
-        return {"Task": column.label, **{key: NONE for key in COLUMNS[1:]}, "Dev (%)": "failed"}
+        return {"Task": column.label, **{key: NONE for key in COLUMNS[1:]}, "Grid": coverage, "Dev (%)": "failed"}
     recipe = best["recipe_path"]
     return {
         "Task": column.label,
+        "Grid": coverage,
         "Batch size": str(best["batch_size"]),
         "LR": learning_rate(best["lr"]),
         "Seeds": str(best["setting_seeds"]),
@@ -54,10 +56,12 @@ def index_markdown(board: Board, tag: str) -> str:
             f"The GLUE table of the {links.md('leaderboard', board.root / LEADERBOARD_FILE)} reports, per task, "
             "the setting below: the batch size × learning rate with the best dev score averaged over its seeds "
             "(ties: smaller batch size, then learning rate).")
-    note = ("Dev: the setting's dev metrics averaged over its finished seeds (what the GLUE table shows). Seed, "
+    note = ("Grid: the settings of the classic grid (batch size × learning rate) with a finished cell; fewer than "
+            "all makes the task's best the best of a partial grid. Dev: the setting's dev metrics averaged over its "
+            "finished seeds (what the GLUE table shows). Seed, "
             "seed dev, record and `cfg`: the setting's best seed, the cell `zoo glue` names best; "
             "`zoo glue --recipe FILE` on its recipe.yaml reruns it.")
-    right = ["Batch size", "LR", "Seeds", "Dev (%)", "Seed", "Seed dev (%)"]
+    right = ["Grid", "Batch size", "LR", "Seeds", "Dev (%)", "Seed", "Seed dev (%)"]
     return "\n\n".join([head, render_table(pd.DataFrame(rows, columns=COLUMNS), right=right), note]) + "\n"
 
 

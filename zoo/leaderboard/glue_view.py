@@ -9,6 +9,8 @@ Conventions (the "why" behind the numbers):
   names best in its summary. These rules are zoo.glue.selection's (`best_row`, `score_table`), the task
   score and GLUE average zoo.glue.metrics'; this module only displays them. The task columns
   and their metrics come from the GLUE task registry (zoo.glue.tasks).
+- A task whose finished settings do not cover the classic grid (recipes/glue/classic.yaml: batch sizes x
+  learning rates) is a partial grid: its best is the best of fewer settings, and the table marks it.
 - GLUE average = the GLUE benchmark's score: the mean over the nine tasks of each task's score, where a
   task with two metrics (MRPC, QQP: F1/acc; STS-B: Pearson/Spearman; MNLI: matched/mismatched) scores the
   mean of the two. It reproduces the published scores of the reference rows (Turc et al. 2019) to within
@@ -20,6 +22,7 @@ score, dev, plus model, model_tag, task, record_path, recipe_path); zoo.leaderbo
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -32,7 +35,7 @@ from zoo.glue.metrics import glue_average, partial_average, task_score
 from zoo.glue.selection import best_row, score_table
 from zoo.glue.tasks import TASKS, GlueTask
 from zoo.leaderboard.text import NONE, percent
-from zoo.recipe.glue import format_lr
+from zoo.recipe.glue import format_lr, load_glue_recipe
 
 Cell = dict[str, Any]
 
@@ -59,6 +62,14 @@ def task_column(task: GlueTask) -> TaskColumn:
 
 GLUE_COLUMNS = tuple(task_column(task) for task in TASKS.values())
 GLUE_TASKS = {column.task: column for column in GLUE_COLUMNS}
+PARTIAL_MARK = "†"
+
+
+@functools.cache
+def classic_settings() -> frozenset[tuple[int, float]]:
+    """Every (batch size, lr) of the classic grid, the grid `zoo glue --grid` runs by default."""
+    grid = load_glue_recipe().grid
+    return frozenset((batch_size, lr) for batch_size in grid.batch_sizes for lr in grid.lrs)
 
 
 # ---------------------------------------------------------------------------------------------- grids
@@ -87,6 +98,15 @@ class TaskGrid:
     @property
     def best_setting(self) -> tuple[int, float] | None:
         return (self.best["batch_size"], self.best["lr"]) if self.best else None
+
+    @property
+    def finished_classic(self) -> int:
+        """How many settings of the classic grid have a finished cell."""
+        return sum(1 for key in classic_settings() if key in self.settings and self.settings[key].n_ok)
+
+    @property
+    def partial(self) -> bool:
+        return self.finished_classic < len(classic_settings())
 
     @property
     def batch_sizes(self) -> list[int]:
@@ -166,6 +186,7 @@ class GlueLine:
     model: str  # zoo rows: what was fine-tuned (run id, registry name or hub id); references: ""
     tasks: dict[str, dict[str, float]]  # task -> metrics (fractions for zoo rows, percent for references)
     failed: set[str] = field(default_factory=set)
+    partial: set[str] = field(default_factory=set)  # tasks whose best comes from a partial grid
     scale: float = 100
     published_score: float | None = None
 
@@ -174,7 +195,8 @@ class GlueLine:
         row = {}
         for column in GLUE_COLUMNS:
             if column.task in self.tasks:
-                row[column.label] = task_cell(column, self.tasks[column.task], self.scale)
+                mark = PARTIAL_MARK if column.task in self.partial else ""
+                row[column.label] = task_cell(column, self.tasks[column.task], self.scale) + mark
             else:
                 row[column.label] = "failed" if column.task in self.failed else NONE
         if self.published_score is not None:
@@ -195,5 +217,6 @@ def zoo_glue_lines(grids: dict[str, dict[str, TaskGrid]]) -> list[GlueLine]:
     for tag, by_task in grids.items():
         tasks = {task: grid.best_dev for task, grid in by_task.items() if grid.best is not None}
         failed = set(by_task) - set(tasks)
-        lines.append(GlueLine(tag, next(iter(by_task.values())).model, tasks, failed))
+        partial = {task for task in tasks if by_task[task].partial}
+        lines.append(GlueLine(tag, next(iter(by_task.values())).model, tasks, failed, partial))
     return sorted(lines, key=GlueLine.rank)

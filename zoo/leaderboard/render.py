@@ -15,7 +15,15 @@ from typing import Any
 import pandas as pd
 from tabulate import tabulate
 
-from zoo.leaderboard.glue_view import GLUE_COLUMNS, GlueLine, Setting, TaskGrid, zoo_glue_lines
+from zoo.leaderboard.glue_view import (
+    GLUE_COLUMNS,
+    PARTIAL_MARK,
+    GlueLine,
+    Setting,
+    TaskGrid,
+    classic_settings,
+    zoo_glue_lines,
+)
 from zoo.leaderboard.lm_view import hidden_glue_tags, ordered_lm_runs
 from zoo.leaderboard.load import Board, display_name
 from zoo.leaderboard.references import LMReference
@@ -168,12 +176,24 @@ def reference_rows(board: Board, links: Links) -> list[dict[str, str]]:
     return rows
 
 
-def glue_rows(board: Board, links: Links) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
-    """(the zoo models' rows, ranked; the published reference rows) of the GLUE table. A model that is a run
-    replaced by a better one with GLUE grids of its own leaves (zoo.leaderboard.lm_view), unless all_runs."""
+def shown_glue_lines(board: Board) -> list[GlueLine]:
+    """The zoo models' lines, ranked. A model that is a run replaced by a better one with GLUE grids of its
+    own leaves (zoo.leaderboard.lm_view), unless all_runs."""
     hidden = hidden_glue_tags(board)
-    lines = [line for line in zoo_glue_lines(board.grids) if line.tag not in hidden]
-    return [zoo_glue_row(board, line, links) for line in lines], reference_rows(board, links)
+    return [line for line in zoo_glue_lines(board.grids) if line.tag not in hidden]
+
+
+def partial_note(lines: list[GlueLine]) -> str:
+    """The sentence explaining the partial-grid mark, when some shown task carries it."""
+    if not any(line.partial for line in lines):
+        return ""
+    return (f" {PARTIAL_MARK}: the best of a partial grid, where not all {len(classic_settings())} settings of the "
+            "classic grid have a finished cell (the config index gives the count, the grids below show which ran).")
+
+
+def glue_rows(board: Board, links: Links) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+    """(the zoo models' rows, ranked; the published reference rows) of the GLUE table."""
+    return [zoo_glue_row(board, line, links) for line in shown_glue_lines(board)], reference_rows(board, links)
 
 
 def glue_section(board: Board, links: Links, level: int) -> str:
@@ -188,8 +208,9 @@ def glue_section(board: Board, links: Links, level: int) -> str:
         "a setting averaged); a model linked to its hub page is a published checkpoint fine-tuned by zoo's own cells "
         "(a check of the pipeline on real weights), not a model zoo pretrained. GLUE avg: mean over the nine tasks "
         "of each task's score, a two-metric task (MRPC, QQP, STS-B, MNLI m/mm) scoring the mean of its two; rows "
-        "missing tasks average the tasks they have. "
-        "Rows marked *reference* are published numbers, for comparison only (their pretraining differs from "
+        "missing tasks average the tasks they have."
+        + partial_note(shown_glue_lines(board))
+        + " Rows marked *reference* are published numbers, for comparison only (their pretraining differs from "
         "zoo's): `Set` names their split and source; a row with a published GLUE score shows it (Turc et al.'s "
         "**test-set** rows), one without shows the average computed as for zoo rows (see its source's note). "
         "`cfg` links the model's config index: per task the chosen setting, its run record and its recipe "
