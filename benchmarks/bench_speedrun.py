@@ -23,6 +23,7 @@ evaluations are not counted.
 from __future__ import annotations
 
 import json
+import statistics
 import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -34,8 +35,8 @@ import _common as common  # noqa: E402
 from bench_pretrain import Setting, notebook_trainer, zoo_recipe  # noqa: E402
 
 TARGET = 10.0
-PROBE_STEPS = 12  # steps of each probe run; the first PROBE_SKIP are start-up and not timed
-PROBE_SKIP = 2
+PROBE_STEPS = 30  # steps of each probe run; the first PROBE_SKIP are start-up and not timed
+PROBE_SKIP = 5  # the median step of the rest is the probe's figure: a few slow steps (a noisy VM) do not move it
 
 
 @dataclass(frozen=True)
@@ -121,7 +122,7 @@ def held_out(setting: Setting) -> Any:
 
 def clocked(run: Run, clock: TrainingClock) -> dict[str, Any]:
     ends = clock.step_ends[PROBE_SKIP:]
-    per_step = (ends[-1] - ends[0]) / (len(ends) - 1) if len(ends) > 1 else None
+    per_step = statistics.median(b - a for a, b in zip(ends, ends[1:])) if len(ends) > 1 else None
     return {"steps": len(clock.step_ends), "train_s": clock.training_s(), "s_per_step": per_step,
             "curve": clock.curve}
 
