@@ -35,3 +35,13 @@ def test_a_lever_wins_only_beyond_the_noise_of_both_sides() -> None:
     assert rows["lr-2e-3"]["verdict"] == "wins" and rows["lr-2e-3"]["vs current"] == pytest.approx(-0.11)
     assert rows["wd-0"]["verdict"] == "within noise" and rows["cosine"]["verdict"] == "loses"
     assert rows["current"]["held-out loss"] == pytest.approx(6.02) and "verdict" not in rows["current"]
+
+
+def test_probes_are_scaled_by_how_much_slower_the_finished_arms_ran() -> None:
+    assert bench_recipe.probe_drift([]) == 1.0
+    runs = [{"sets": [], "steps": 100, "train_s": 70.0, "probe_s_per_step": 0.65},
+            {"sets": [], "steps": 100, "train_s": 72.0, "probe_s_per_step": 0.70},
+            {"sets": [], "steps": 100, "train_s": 90.0, "probe_s_per_step": 0.60}]
+    assert bench_recipe.probe_drift(runs) == pytest.approx(0.70 / 0.65)  # the median arm's ratio
+    ramp = {"sets": bench_recipe.LEVERS["batch-ramp"], "steps": 1000, "train_s": 95.0, "probe_s_per_step": 0.1}
+    assert bench_recipe.full_step_s(ramp) == pytest.approx(0.095 / bench_recipe.ramp_time_share(ramp["sets"], 1000))
