@@ -39,7 +39,7 @@ from bench_speedrun import PROBE_STEPS, UNBOUNDED_S, Run, fitted_steps, zoo_arm 
 
 NOISE_FLOOR = 0.01  # held-out loss; below it a gap is not called either way
 TIME_TOLERANCE = 0.04  # an arm further than this from the budget is refitted on its own seconds per step, run again
-REFITS = 2
+REFITS = 1
 NO_DROPOUT = "model.config={hidden_dropout_prob: 0.0, attention_probs_dropout_prob: 0.0}"
 LEVERS: dict[str, list[str]] = {
     "current": [],
