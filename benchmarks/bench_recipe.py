@@ -16,6 +16,7 @@ half-range of the two sides' seeds (at least NOISE_FLOOR).
 
     python benchmarks/bench_recipe.py --json benchmarks/results/recipe_levers.json --resume
     python benchmarks/bench_recipe.py --levers current,lr-2e-3 --seeds 42,43 --minutes 6
+    python benchmarks/bench_recipe.py --base-set train.lr=2e-3 --json stage2.json   # against the levers kept so far
     python benchmarks/bench_recipe.py --quick                     # two levers, tiny data, about 2 minutes
 
 Each finished arm is written to `--json` at once; `--resume` skips the (lever, seed) arms it already holds.
@@ -105,10 +106,12 @@ def probe_drift(runs: list[dict[str, Any]]) -> float:
     return statistics.median(ratios) if ratios else 1.0
 
 
-def run_lever(setting: Setting, lever: str, budget_s: float, env: dict[str, str], drift: float) -> dict[str, Any]:
+def run_lever(setting: Setting, lever: str, budget_s: float, env: dict[str, str], drift: float,
+              base: list[str]) -> dict[str, Any]:
     """One (lever, seed) arm: a probe run for its seconds per step (times `drift`), then the run fitted to the
-    budget, refitted on its own measured step time while it misses the budget by more than TIME_TOLERANCE."""
-    sets = LEVERS[lever]
+    budget, refitted on its own measured step time while it misses the budget by more than TIME_TOLERANCE.
+    `base`: the overrides of the recipe measured against (a lever's own override of the same key wins)."""
+    sets = [*base, *LEVERS[lever]]
 
     def arm(run: Run) -> dict[str, Any]:
         return common.run_arm("bench_recipe.py", "zoo", {**asdict(run), "setting": asdict(setting)}, env=env)
@@ -145,7 +148,7 @@ def verdicts(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for lever, group in by_lever.items():
         losses = [r["final_loss"] for r in group]
         mean = statistics.fmean(losses)
-        row = {"lever": lever, "overrides": " ".join(LEVERS.get(lever, group[0]["sets"])) or "(committed recipe)",
+        row = {"lever": lever, "overrides": " ".join(LEVERS.get(lever, group[0]["sets"])) or "(the base recipe)",
                "seeds": len(group), "steps": round(statistics.fmean(r["steps"] for r in group)),
                "train s": round(statistics.fmean(r["train_s"] for r in group)), "held-out loss": round(mean, 4)}
         if current and lever != "current":
@@ -157,12 +160,12 @@ def verdicts(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda r: r["held-out loss"])
 
 
-def load_earlier(path: str | None, resume: bool, setting: dict[str, Any], budget_s: float) -> list[dict[str, Any]]:
+def load_earlier(path: str | None, resume: bool, payload: dict[str, Any]) -> list[dict[str, Any]]:
     if not (resume and path and Path(path).is_file()):
         return []
     earlier = json.loads(Path(path).read_text())
-    if earlier["setting"] != setting or earlier["budget_s"] != budget_s:
-        raise SystemExit(f"--resume: {path} was measured with another setting or budget")
+    if any(earlier.get(key, []) != payload[key] for key in ("setting", "budget_s", "base_set")):
+        raise SystemExit(f"--resume: {path} was measured with another setting, budget or --base-set")
     return earlier["runs"]
 
 
@@ -175,6 +178,8 @@ def main() -> int:
     parser.add_argument("--documents", type=int, help="the first N Wikipedia documents (default 0: all)")
     parser.add_argument("--eval-blocks", type=int, help="held-out blocks scored (default 512)")
     parser.add_argument("--resume", action="store_true", help="keep the arms --json already holds")
+    parser.add_argument("--base-set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="measure against the committed recipe with these overrides (levers kept so far)")
     args = parser.parse_args()
     if args.arm:
         common.emit(zoo_arm(json.loads(args.arm_spec)))
@@ -188,8 +193,10 @@ def main() -> int:
                    documents=args.documents if args.documents is not None else (300 if args.quick else 0),
                    eval_blocks=args.eval_blocks or (32 if args.quick else 512))
     payload: dict[str, Any] = {"machine": common.machine(), "command": " ".join(sys.argv[1:]),
-                               "setting": asdict(base), "budget_s": budget, "probe_steps": PROBE_STEPS}
-    runs = load_earlier(args.json, args.resume, payload["setting"], budget)
+                               "setting": asdict(base), "budget_s": budget, "probe_steps": PROBE_STEPS,
+                               "base_set": args.base_set}
+    lever_train(args.base_set)  # a bad base override fails here, before any run
+    runs = load_earlier(args.json, args.resume, payload)
     done = {(r["lever"], r["seed"]) for r in runs}
     print("machine:", json.dumps(payload["machine"]))
     with common.scratch_dirs() as tmp:
@@ -199,7 +206,8 @@ def main() -> int:
             for lever in levers:
                 if (lever, seed) in done:
                     continue
-                runs.append(run_lever(Setting(**{**asdict(base), "seed": seed}), lever, budget, env, probe_drift(runs)))
+                setting = Setting(**{**asdict(base), "seed": seed})
+                runs.append(run_lever(setting, lever, budget, env, probe_drift(runs), args.base_set))
                 common.save_json(args.json, {**payload, "runs": runs})
     payload["runs"], payload["levers"] = runs, verdicts(runs)
     common.print_table(payload["levers"], f"recipe levers: bert-tiny on Wikipedia, {budget / 60:g} training minutes "
