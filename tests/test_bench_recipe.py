@@ -35,6 +35,8 @@ def test_a_lever_wins_only_beyond_the_noise_of_both_sides() -> None:
     assert rows["lr-2e-3"]["verdict"] == "wins" and rows["lr-2e-3"]["vs current"] == pytest.approx(-0.11)
     assert rows["wd-0"]["verdict"] == "within noise" and rows["cosine"]["verdict"] == "loses"
     assert rows["current"]["held-out loss"] == pytest.approx(6.02) and "verdict" not in rows["current"]
+    assert rows["wd-0"]["noise"] == bench_recipe.ONE_SEED_NOISE  # one seed: the measured repeat spread
+    assert rows["lr-2e-3"]["noise"] == pytest.approx(0.02)  # two seeds a side: the wider half-range
 
 
 def test_probes_are_scaled_by_how_much_slower_the_finished_arms_ran() -> None:
