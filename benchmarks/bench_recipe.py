@@ -20,7 +20,8 @@ repeats of one arm; at least NOISE_FLOOR). Levers within noise at one seed are t
     python benchmarks/bench_recipe.py --base-set train.lr=2e-3 --json stage2.json   # against the levers kept so far
     python benchmarks/bench_recipe.py --quick                     # two levers, tiny data, about 2 minutes
 
-Each finished arm is written to `--json` at once; `--resume` skips the (lever, seed) arms it already holds.
+Each finished arm is written to `--json` at once; `--resume` skips the (lever, seed) arms it already holds;
+`--report` prints the verdict table of a finished or unfinished sweep.
 Short budgets favour fast-converging settings: a lever's win at 5 minutes is checked again at the
 published run's length before it becomes the recipe.
 """
@@ -174,6 +175,20 @@ def load_earlier(path: str | None, resume: bool, payload: dict[str, Any]) -> lis
     return earlier["runs"]
 
 
+def table_title(payload: dict[str, Any]) -> str:
+    base = " ".join(payload.get("base_set", [])) or "none"
+    return (f"recipe levers: bert-tiny on Wikipedia, {payload['budget_s'] / 60:g} training minutes each, final "
+            f"held-out MLM loss (fixed masks); base overrides: {base}")
+
+
+def report(path: str | None) -> int:
+    if not (path and Path(path).is_file()):
+        raise SystemExit("--report needs the --json file of a sweep")
+    payload = json.loads(Path(path).read_text())
+    common.print_table(verdicts(payload["runs"]), table_title(payload))
+    return 0
+
+
 def main() -> int:
     common.setup_environment()
     parser = common.arm_parser(__doc__.split("\n\n")[0])
@@ -183,12 +198,15 @@ def main() -> int:
     parser.add_argument("--documents", type=int, help="the first N Wikipedia documents (default 0: all)")
     parser.add_argument("--eval-blocks", type=int, help="held-out blocks scored (default 512)")
     parser.add_argument("--resume", action="store_true", help="keep the arms --json already holds")
+    parser.add_argument("--report", action="store_true", help="print the verdict table of --json and exit")
     parser.add_argument("--base-set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="measure against the committed recipe with these overrides (levers kept so far)")
     args = parser.parse_args()
     if args.arm:
         common.emit(zoo_arm(json.loads(args.arm_spec)))
         return 0
+    if args.report:
+        return report(args.json)
     levers = args.levers.split(",") if args.levers else (["current", "lr-2e-3"] if args.quick else list(LEVERS))
     unknown = [lever for lever in levers if lever not in LEVERS]
     if unknown:
@@ -215,8 +233,7 @@ def main() -> int:
                 runs.append(run_lever(setting, lever, budget, env, probe_drift(runs), args.base_set))
                 common.save_json(args.json, {**payload, "runs": runs})
     payload["runs"], payload["levers"] = runs, verdicts(runs)
-    common.print_table(payload["levers"], f"recipe levers: bert-tiny on Wikipedia, {budget / 60:g} training minutes "
-                                          "each, final held-out MLM loss (fixed masks)")
+    common.print_table(payload["levers"], table_title(payload))
     common.save_json(args.json, payload)
     return 0
 

@@ -47,3 +47,18 @@ def test_probes_are_scaled_by_how_much_slower_the_finished_arms_ran() -> None:
     assert bench_recipe.probe_drift(runs) == pytest.approx(0.70 / 0.65)  # the median arm's ratio
     ramp = {"sets": bench_recipe.LEVERS["batch-ramp"], "steps": 1000, "train_s": 95.0, "probe_s_per_step": 0.1}
     assert bench_recipe.full_step_s(ramp) == pytest.approx(0.095 / bench_recipe.ramp_time_share(ramp["sets"], 1000))
+
+
+def test_report_prints_the_verdicts_of_a_sweep_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    runs = [{"lever": "current", "seed": 42, "sets": ["train.lr=2e-3"], "steps": 400, "train_s": 300.0,
+             "final_loss": 7.07},
+            {"lever": "dropout-off", "seed": 42, "sets": ["train.lr=2e-3", bench_recipe.NO_DROPOUT], "steps": 500,
+             "train_s": 301.0, "final_loss": 6.95}]
+    path = tmp_path / "sweep.json"
+    path.write_text(json.dumps({"budget_s": 300.0, "base_set": ["train.lr=2e-3"], "runs": runs}))
+    assert bench_recipe.report(str(path)) == 0
+    out = capsys.readouterr().out
+    assert "base overrides: train.lr=2e-3" in out
+    assert next(line for line in out.splitlines() if line.startswith("| dropout-off")).rstrip().endswith("wins |")
