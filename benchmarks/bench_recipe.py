@@ -6,11 +6,11 @@ recipe (recipes/pretrain/bert-tiny-wikipedia.yaml) with exactly one lever's `--s
 is fitted to `--minutes` of training by a probe run of that arm first (a lever that changes the cost of a
 step, such as batch size, sequence length or masking rate, gets its own fit; the batch-size ramp is probed at
 the full batch and its cheaper early steps counted), so that every schedule completes in the same time. The
-probe's figure is scaled by how much slower the finished arms ran than their probes (a probe's steps are fewer
-and warmer); an arm that still ends more than TIME_TOLERANCE from the budget is refitted on its own measured
-seconds per step and run again, at most REFITS times. Each arm is scored on the same fixed-mask held-out
-Wikipedia blocks as bench_speedrun.py (the committed recipe's: 15% masking, 80/10/10, 128 tokens, whatever the
-lever changes in training), with evaluation off the clock.
+probe's figure is scaled by how much slower the finished arms ran than their probes; an arm that still ends
+more than TIME_TOLERANCE from the budget is refitted on its own measured seconds per step and run again, at
+most REFITS times. Each arm is scored on the same fixed-mask held-out Wikipedia blocks as bench_speedrun.py
+(the committed recipe's: 15% masking, 80/10/10, 128 tokens, whatever the lever changes in training), with
+evaluation off the clock.
 A lever wins when its mean final loss is below the current recipe's by more than the noise: the larger
 half-range of the two sides' seeds (a side with one seed counts ONE_SEED_NOISE, the spread measured between
 repeats of one arm; at least NOISE_FLOOR). Levers within noise at one seed are the ones a second seed settles.
@@ -105,8 +105,8 @@ def full_step_s(run: dict[str, Any]) -> float:
 
 
 def probe_drift(runs: list[dict[str, Any]]) -> float:
-    """How much slower the finished arms' steps ran than their probes said (median ratio; 1.0 before any): a
-    probe's few steps run on warm caches, a 5-minute run reads the whole corpus and stops for evaluations."""
+    """How much slower the finished arms' steps ran than their probes said (median ratio; 1.0 before any). On
+    the 2026-12-02 VM the 5-minute runs were 2-6% slower than their probes; the cause was not isolated."""
     ratios = [full_step_s(run) / run["probe_s_per_step"] for run in runs if run.get("probe_s_per_step")]
     return statistics.median(ratios) if ratios else 1.0
 
