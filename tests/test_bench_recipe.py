@@ -14,15 +14,16 @@ import bench_recipe  # noqa: E402
 @pytest.mark.parametrize("lever", sorted(bench_recipe.LEVERS))
 def test_every_lever_changes_the_committed_recipe_as_it_says(lever: str) -> None:
     train = bench_recipe.lever_train(bench_recipe.LEVERS[lever])
-    assert (train.batch_size, train.lr) == ({"batch-32": 32, "seq-256": 32, "batch-128": 128}.get(lever, 64),
-                                            {"lr-1e-3": 1e-3, "lr-2e-3": 2e-3}.get(lever, 5e-4))
+    assert (train.batch_size, train.lr) == ({"batch-16": 16, "seq-256": 16, "batch-64": 64}.get(lever, 32),
+                                            {"lr-1e-3": 1e-3, "lr-4e-3": 4e-3}.get(lever, 2e-3))
+    assert train.dropout == (-1.0 if lever == "dropout-on" else 0.0)
 
 
 def test_the_ramp_is_fitted_with_its_cheaper_early_steps() -> None:
     ramp = bench_recipe.LEVERS["batch-ramp"]
     assert bench_recipe.ramp_time_share([], 1000) == 1.0
     share = bench_recipe.ramp_time_share(ramp, 1000)
-    assert 0.9 < share < 1.0  # the first 10% of steps at 16..64 of 64
+    assert 0.9 < share < 1.0  # the first 10% of steps at 8..32 of 32
     plain, ramped = bench_recipe.ramp_fitted_steps(0.1, 100.0, []), bench_recipe.ramp_fitted_steps(0.1, 100.0, ramp)
     assert plain == 1000 and ramped * 0.1 * bench_recipe.ramp_time_share(ramp, ramped) == pytest.approx(100, rel=0.01)
 
@@ -54,7 +55,7 @@ def test_report_prints_the_verdicts_of_a_sweep_file(tmp_path: Path, capsys: pyte
 
     runs = [{"lever": "current", "seed": 42, "sets": ["train.lr=2e-3"], "steps": 400, "train_s": 300.0,
              "final_loss": 7.07},
-            {"lever": "dropout-off", "seed": 42, "sets": ["train.lr=2e-3", bench_recipe.NO_DROPOUT], "steps": 500,
+            {"lever": "dropout-off", "seed": 42, "sets": ["train.lr=2e-3", "train.dropout=0"], "steps": 500,
              "train_s": 301.0, "final_loss": 6.95}]
     path = tmp_path / "sweep.json"
     path.write_text(json.dumps({"budget_s": 300.0, "base_set": ["train.lr=2e-3"], "runs": runs}))

@@ -63,7 +63,8 @@ def test_evaluations_come_by_training_time_and_stay_off_the_clock(tmp_path: Path
     assert len(clock.curve) >= 3 and len(spent) == len(clock.curve)
     times = [p["train_s"] for p in clock.curve]
     assert times == sorted(times)
-    assert all(b - a >= 0.01 for a, b in zip(times[:-2], times[1:-1]))  # the last step's comes when it ends
+    # the last step's comes when it ends; times are rounded to the millisecond
+    assert all(b - a >= 0.01 - 1e-3 for a, b in zip(times[:-2], times[1:-1]))
     assert clock.training_s() < wall - sum(spent) + 0.05  # 0.1 s of every evaluation is not training time
     assert clock.curve[-1]["eval_loss"] < clock.curve[0]["eval_loss"]  # it learns the blocks
 

@@ -1,4 +1,5 @@
-"""The optimiser settings of `train`: AdamW's betas and epsilon, the trapezoid schedule, the batch-size ramp."""
+"""The optimiser settings of `train`: AdamW's betas and epsilon, the trapezoid schedule, the batch-size ramp, training
+dropout."""
 
 from __future__ import annotations
 
@@ -91,3 +92,25 @@ def test_a_ramped_run_trains_and_counts_the_smaller_batches(
 def test_glue_cells_refuse_the_ramp(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["glue", "bert-tiny", "--task", "rte", "--set", "train.batch_ramp=0.1", "--dry-run"]) == 2
     assert "--set train.batch_ramp: unknown key 'batch_ramp'" in capsys.readouterr().err  # not a GLUE setting
+
+
+def test_training_dropout_trains_as_a_dropout_free_config_and_saves_the_models_own(
+    text_corpus: Path, isolated: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`train.dropout=0` gives the very losses of a config built without dropout; the checkpoint keeps 0.1."""
+
+    def run(label: str, dropout: float, *extra: str) -> tuple[list[float], dict]:
+        monkeypatch.setenv("ZOO_RESULTS_DIR", str(isolated / label / "results"))
+        monkeypatch.setenv("ZOO_CHECKPOINT_DIR", str(isolated / label / "checkpoints"))
+        config = {**TINY_BERT, "hidden_dropout_prob": dropout, "attention_probs_dropout_prob": dropout}
+        assert main(tiny_args(text_corpus, "bert-tiny", config, "train.max_steps=4", *extra)) == 0
+        record = only_record(isolated / label)
+        saved = json.loads((isolated / label / "checkpoints" / record["run_id"] / "final" / "config.json").read_text())
+        return [h["loss"] for h in record["history"] if "loss" in h], saved
+
+    built_without, _ = run("built-without", 0.0)
+    switched_off, saved = run("switched-off", 0.1, "train.dropout=0")
+    with_dropout, _ = run("with-dropout", 0.1)
+    assert switched_off == built_without and len(built_without) == 4
+    assert with_dropout[1:] != built_without[1:]  # dropout does change the run
+    assert (saved["hidden_dropout_prob"], saved["attention_probs_dropout_prob"]) == (0.1, 0.1)

@@ -43,6 +43,7 @@ from zoo.glue.progress import cell_progress
 from zoo.glue.tasks import GlueTask, SplitSpec
 from zoo.glue.vocabulary import prunable, prune_input_embeddings, remapping_collator, used_token_ids
 from zoo.model.loading import load_pretrained
+from zoo.model.modeling import with_training_dropout
 from zoo.model.registry import count_parameters
 from zoo.model.resolve import resolve_model
 from zoo.recipe.common import DeepSpeedSection, TrainSection, is_smoke
@@ -85,7 +86,7 @@ def load_classifier(recipe: GlueRecipe, task: GlueTask, tokenizer: Any) -> torch
     limit = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
     if limit is not None and recipe.task.max_length > limit:
         raise ZooError(f"task.max_length={recipe.task.max_length} exceeds the model's {limit} positions")
-    return model
+    return with_training_dropout(model, recipe.train.dropout)
 
 
 # --------------------------------------------------------------------------- trainer pieces

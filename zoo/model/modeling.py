@@ -179,10 +179,22 @@ def build_model(recipe: Recipe, tokenizer: Any) -> PreTrainedModel:
     if recipe.model.init == "scratch":
         config = scratch_config(recipe, len(tokenizer), tokenizer)
         cls = _model_class(auto, config.model_type)
-        return cls.from_config(config) if cls is auto else cls(config)
-    ref = resolve_model(recipe.model.name)
-    config = load_config(ref, **recipe.model.config)
-    model = load_pretrained(_model_class(auto, config.model_type), ref, config=config)
-    if model.get_input_embeddings().num_embeddings < len(tokenizer):
-        model.resize_token_embeddings(len(tokenizer))
+        model = cls.from_config(config) if cls is auto else cls(config)
+    else:
+        ref = resolve_model(recipe.model.name)
+        config = load_config(ref, **recipe.model.config)
+        model = load_pretrained(_model_class(auto, config.model_type), ref, config=config)
+        if model.get_input_embeddings().num_embeddings < len(tokenizer):
+            model.resize_token_embeddings(len(tokenizer))
+    return with_training_dropout(model, recipe.train.dropout)
+
+
+def with_training_dropout(model: torch.nn.Module, probability: float) -> Any:
+    """`model` with every dropout layer at `probability` (negative: as built). Only the layers change, not the
+    config, so the saved checkpoint keeps the architecture's own dropout for whoever fine-tunes it; HF attention
+    reads its probability from the layer (`self.dropout.p`), so scaled-dot-product attention follows too."""
+    if probability >= 0:
+        for module in model.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = probability
     return model

@@ -65,6 +65,9 @@ class TrainSection:
     seed: int = setting(42, doc="Seed for initialisation, data order and dynamic masking.")
     precision: Precision = setting("auto", doc="auto: bf16 on a GPU that supports it, else fp32.")
     max_grad_norm: float = setting(1.0, doc="Gradient clipping norm (0 disables).", low=0)
+    dropout: float = setting(-1.0, doc="Dropout while training (every dropout layer: hidden, attention); the saved "
+                             "config keeps the model's own, so a model pretrained with 0 fine-tunes with BERT's 0.1. "
+                             "-1: the model's own.", low=-1, high=1)
     log_every: int = setting(50, doc="Log the training loss every N steps.", low=1)
     eval_every: int = setting(0, doc="Evaluate every N steps (0: only at the end).", low=0)
     save_every: int = setting(0, doc="Checkpoint every N steps (0: only at the end).", low=0)
@@ -276,6 +279,7 @@ HASH_NEUTRAL: dict[tuple[str, str], Any] = {
     ("train", "decay"): 0.2,  # read by the trapezoid schedule only
     ("train", "batch_ramp"): 0.0,
     ("train", "batch_ramp_start"): 8,  # read by the ramp only
+    ("train", "dropout"): -1.0,  # the model's own
     ("train", "report_to"): [],  # dashboards: the list to_dict writes; an empty one is no dashboard
 }
 
