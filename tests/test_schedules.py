@@ -114,3 +114,21 @@ def test_training_dropout_trains_as_a_dropout_free_config_and_saves_the_models_o
     assert switched_off == built_without and len(built_without) == 4
     assert with_dropout[1:] != built_without[1:]  # dropout does change the run
     assert (saved["hidden_dropout_prob"], saved["attention_probs_dropout_prob"]) == (0.1, 0.1)
+
+
+def test_a_glue_cell_trains_with_the_recipes_dropout_and_keeps_the_checkpoints(tmp_path: Path) -> None:
+    from tests.conftest import save_tiny_bert
+    from zoo.data.tokenization import load_tokenizer
+    from zoo.glue.finetune import load_classifier
+    from zoo.glue.tasks import get_task
+    from zoo.recipe.glue import load_glue_recipe
+
+    checkpoint = save_tiny_bert(tmp_path / "tiny-bert")  # BERT's 0.1
+
+    def rates(*overrides: str) -> set[float]:
+        recipe = load_glue_recipe(overrides=[f"model.name={checkpoint}", *overrides])
+        model = load_classifier(recipe, get_task("rte"), load_tokenizer(str(checkpoint)))
+        assert model.config.hidden_dropout_prob == 0.1
+        return {m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)}
+
+    assert rates() == {0.1} and rates("train.dropout=0.05") == {0.05}
