@@ -16,7 +16,7 @@ half-range of the two sides' seeds (a side with one seed counts ONE_SEED_NOISE, 
 repeats of one arm; at least NOISE_FLOOR). Levers within noise at one seed are the ones a second seed settles.
 
     python benchmarks/bench_recipe.py --json benchmarks/results/recipe_levers.json --resume
-    python benchmarks/bench_recipe.py --levers current,lr-2e-3 --seeds 42,43 --minutes 6
+    python benchmarks/bench_recipe.py --levers current,lr-1e-3 --seeds 42,43 --minutes 6
     python benchmarks/bench_recipe.py --base-set train.lr=2e-3 --json stage2.json   # against the levers kept so far
     python benchmarks/bench_recipe.py --quick                     # two levers, tiny data, about 2 minutes
 
@@ -74,12 +74,16 @@ LEVERS: dict[str, list[str]] = {
 RAMP_KEYS = ("train.batch_ramp=", "train.batch_ramp_start=")
 
 
-def lever_train(sets: list[str]) -> Any:
-    """The `train` section of the committed recipe under a lever's overrides (a bad override fails here)."""
+def lever_recipe(sets: list[str]) -> Any:
+    """The committed recipe under a lever's overrides (a bad override fails here)."""
     from zoo.recipe.lm import compose, resolve
 
     recipe, _ = compose("pretrain", "bert-tiny", "wikipedia", sets)
-    return resolve(recipe).train
+    return resolve(recipe)
+
+
+def lever_train(sets: list[str]) -> Any:
+    return lever_recipe(sets).train
 
 
 def ramp_time_share(sets: list[str], steps: int) -> float:
@@ -172,9 +176,17 @@ def load_earlier(path: str | None, resume: bool, payload: dict[str, Any]) -> lis
     if not (resume and path and Path(path).is_file()):
         return []
     earlier = json.loads(Path(path).read_text())
-    if any(earlier.get(key, []) != payload[key] for key in ("setting", "budget_s", "base_set")):
-        raise SystemExit(f"--resume: {path} was measured with another setting, budget or --base-set")
+    if any(earlier.get(key, []) != payload[key] for key in ("setting", "budget_s", "base_set", "base_recipe")):
+        raise SystemExit(f"--resume: {path} was measured with another setting, budget, --base-set or committed "
+                         "recipe")
     return earlier["runs"]
+
+
+def base_recipe_hash(base_set: list[str]) -> str:
+    """The hash of what the levers are measured against (a bad base override fails here, before any run)."""
+    from zoo.recipe.lm import recipe_hash
+
+    return recipe_hash(lever_recipe(base_set))
 
 
 def table_title(payload: dict[str, Any]) -> str:
@@ -209,7 +221,7 @@ def main() -> int:
         return 0
     if args.report:
         return report(args.json)
-    levers = args.levers.split(",") if args.levers else (["current", "lr-2e-3"] if args.quick else list(LEVERS))
+    levers = args.levers.split(",") if args.levers else (["current", "lr-1e-3"] if args.quick else list(LEVERS))
     unknown = [lever for lever in levers if lever not in LEVERS]
     if unknown:
         raise SystemExit(f"unknown lever(s) {', '.join(unknown)}; known: {', '.join(LEVERS)}")
@@ -219,8 +231,7 @@ def main() -> int:
                    eval_blocks=args.eval_blocks or (32 if args.quick else 512))
     payload: dict[str, Any] = {"machine": common.machine(), "command": " ".join(sys.argv[1:]),
                                "setting": asdict(base), "budget_s": budget, "probe_steps": PROBE_STEPS,
-                               "base_set": args.base_set}
-    lever_train(args.base_set)  # a bad base override fails here, before any run
+                               "base_set": args.base_set, "base_recipe": base_recipe_hash(args.base_set)}
     runs = load_earlier(args.json, args.resume, payload)
     done = {(r["lever"], r["seed"]) for r in runs}
     print("machine:", json.dumps(payload["machine"]))

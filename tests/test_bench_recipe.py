@@ -64,3 +64,17 @@ def test_report_prints_the_verdicts_of_a_sweep_file(tmp_path: Path, capsys: pyte
     assert "base overrides: train.lr=2e-3" in out
     row = next(line for line in out.splitlines() if line.startswith("| dropout-off"))
     assert [cell.strip() for cell in row.split("|")][-2] == "wins"
+
+
+def test_resume_refuses_a_sweep_measured_against_another_recipe(tmp_path: Path) -> None:
+    import json
+
+    payload = {"setting": {"model": "bert-tiny"}, "budget_s": 300.0, "base_set": [],
+               "base_recipe": bench_recipe.base_recipe_hash([])}
+    path = tmp_path / "sweep.json"
+    path.write_text(json.dumps({**payload, "runs": [{"lever": "current", "seed": 42}]}))
+    assert bench_recipe.load_earlier(str(path), True, payload) == [{"lever": "current", "seed": 42}]
+    other = {**payload, "base_recipe": bench_recipe.base_recipe_hash(["train.lr=1e-3"])}
+    assert other["base_recipe"] != payload["base_recipe"]
+    with pytest.raises(SystemExit, match="committed recipe"):
+        bench_recipe.load_earlier(str(path), True, other)
