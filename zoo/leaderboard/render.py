@@ -197,7 +197,8 @@ def glue_rows(board: Board, links: Links) -> tuple[list[dict[str, str]], list[di
 
 
 def glue_section(board: Board, links: Links, level: int) -> str:
-    zoo_rows, references = glue_rows(board, links)
+    lines = shown_glue_lines(board)
+    zoo_rows, references = [zoo_glue_row(board, line, links) for line in lines], reference_rows(board, links)
     rows = [*zoo_rows, *references]
     parts = [] if zoo_rows else ["_No GLUE runs recorded yet._"]
     if rows:
@@ -209,7 +210,7 @@ def glue_section(board: Board, links: Links, level: int) -> str:
         "(a check of the pipeline on real weights), not a model zoo pretrained. GLUE avg: mean over the nine tasks "
         "of each task's score, a two-metric task (MRPC, QQP, STS-B, MNLI m/mm) scoring the mean of its two; rows "
         "missing tasks average the tasks they have."
-        + partial_note(shown_glue_lines(board))
+        + partial_note(lines)
         + " Rows marked *reference* are published numbers, for comparison only (their pretraining differs from "
         "zoo's): `Set` names their split and source; a row with a published GLUE score shows it (Turc et al.'s "
         "**test-set** rows), one without shows the average computed as for zoo rows (see its source's note). "
