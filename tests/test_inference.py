@@ -218,3 +218,22 @@ def test_export_of_a_checkpoint_without_a_run(tmp_path: Path) -> None:
     assert "No zoo run record" in card
     assert type(AutoModelForMaskedLM.from_pretrained(tmp_path / "out")).__name__ == "DistilBertForMaskedLM"
     assert AutoTokenizer.from_pretrained(tmp_path / "out").model_max_length == 128
+
+
+def test_a_published_run_is_usable_by_its_id_without_its_checkpoint(
+    zoo_runs: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import shutil
+
+    run, text = zoo_runs["bert"], "The capital of France is [MASK]."
+    expected = run_json(capsys, "fill-mask", run, text, "--json")
+    published = zoo_runs["root"] / "results" / "pretrain" / run / "model"
+    try:
+        assert main(["export", run, "--publish"]) == 0
+        assert (published / "model.safetensors").is_file() and (published / "README.md").is_file()
+        monkeypatch.setenv("ZOO_CHECKPOINT_DIR", str(tmp_path / "elsewhere"))  # a fresh clone: no checkpoints
+        assert run_json(capsys, "fill-mask", run, text, "--json") == expected
+    finally:
+        shutil.rmtree(published, ignore_errors=True)
+    assert "no published weights" in fails(capsys, "fill-mask", run, text)
+    assert "not a zoo pretraining" in fails(capsys, "export", "bert-tiny", "--publish")

@@ -205,6 +205,14 @@ def check_target(target: Path, force: bool) -> None:
         raise ZooError(f"--to {target}: directory is not empty (use --force to write into it)")
 
 
+def published_model_dir(name: str) -> Path:
+    """Where `zoo export RUN --publish` writes: beside the run's committed record."""
+    found = run_record(name)
+    if found is None:
+        raise ZooError(f"--publish: {name!r} is not a zoo pretraining or continued-training run with a record")
+    return found[0] / paths.PUBLISHED_MODEL
+
+
 def export_model(name: str, target: Path, force: bool = False, repo: str | None = None) -> Path:
     """Write `name` (run id, checkpoint, registry name or hub id) to `target` as a standalone model dir."""
     check_target(target, force)

@@ -34,6 +34,9 @@ def run_checkpoint(run_id: str) -> Path:
     return checkpoints_dir() / run_id / FINAL_CHECKPOINT
 
 
+PUBLISHED_MODEL = "model"  # beside a run's committed record: its weights, exported (`zoo export RUN --publish`)
+
+
 def cache_dir() -> Path:
     """Tokenized and packed data, keyed by fingerprint (`ZOO_CACHE_DIR`, default ~/.cache/zoo)."""
     return Path(os.environ.get("ZOO_CACHE_DIR", "~/.cache/zoo")).expanduser().resolve()

@@ -56,9 +56,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     export = sub.add_parser("export", help="write a run as a standalone HF model directory with a model card",
                             description="Example: zoo export <run-id> --to exported/bert-tiny-imdb "
-                                        "[--push-to-hub user/bert-tiny-imdb]")
+                                        "[--push-to-hub user/bert-tiny-imdb]; zoo export <run-id> --publish")
     export.add_argument("model", help=MODEL_HELP)
-    export.add_argument("--to", required=True, type=Path, metavar="DIR", help="output directory")
+    target = export.add_mutually_exclusive_group(required=True)
+    target.add_argument("--to", type=Path, metavar="DIR", help="output directory")
+    target.add_argument("--publish", action="store_true",
+                        help="write beside the run's record (results/<kind>/<run-id>/model/, committed with it), "
+                             "where the run id finds it on a machine without the run's checkpoint")
     export.add_argument("--force", action="store_true", help="write into a non-empty DIR, replacing its files")
     export.add_argument("--push-to-hub", metavar="REPO", help="then upload DIR to this hub repository")
     export.add_argument("--private", action="store_true", help="create the hub repository as private")
@@ -109,10 +113,11 @@ def run_fill_mask(args: argparse.Namespace) -> int:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from zoo.export import export_model, push_to_hub
+    from zoo.export import export_model, published_model_dir, push_to_hub
 
     quiet_loading()
-    directory = export_model(args.model, args.to, force=args.force, repo=args.push_to_hub)
+    target = published_model_dir(args.model) if args.publish else args.to
+    directory = export_model(args.model, target, force=args.force, repo=args.push_to_hub)
     print(f"exported {args.model} to {directory} (load it with from_pretrained({str(directory)!r}))")
     if args.push_to_hub:
         print(f"pushed to {push_to_hub(directory, args.push_to_hub, private=args.private)}")

@@ -2,7 +2,8 @@
 
 A model reference is one of
 - a registry name (`bert-tiny`) or a registry model's hub id (`google/bert_uncased_L-2_H-128_A-2`),
-- a zoo run id (`bert-tiny-wikipedia-20261122-161122`): its checkpoint `paths.run_checkpoint(run_id)`,
+- a zoo run id (`bert-tiny-wikipedia-20261122-161122`): its checkpoint `paths.run_checkpoint(run_id)`, else
+  the weights published beside its committed record (results/<kind>/<run-id>/model/, `zoo export --publish`),
 - a checkpoint directory (any folder with a `config.json`),
 - any other hub id.
 The reference knows where `from_pretrained` loads it from (`source`: the directory, the data mirror's
@@ -234,8 +235,12 @@ def resolve_model(name: str) -> ModelRef:
         return ModelRef(name, "registry", spec)
     from zoo.record.store import find_run
 
-    if find_run(name) is not None:
+    found = find_run(name)
+    if found is not None:
+        published = found[0].parent / paths.PUBLISHED_MODEL
+        if (published / "config.json").is_file():
+            return ModelRef(name, "run", None, published)
         raise DataNotFoundError(
-            f"run {name!r} has a record but no checkpoint at {checkpoint} "
+            f"run {name!r} has a record but no checkpoint at {checkpoint} and no published weights at {published} "
             "(checkpoints are kept out of git; set ZOO_CHECKPOINT_DIR to where they are)")
     return ModelRef(name, "hub")
