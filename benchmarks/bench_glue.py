@@ -13,8 +13,9 @@ learning rate), epochs, warm-up, weight decay and max length; the table gives th
 of the whole grid and the best dev accuracy each found. The checkpoint is a bert-tiny built from its
 config and saved once (pass --model for a pretrained one): speed does not depend on the weights.
 
-zoo's sides: `--workers` values, and `--full-vocabulary` adds the fastest of them with
-`train.prune_vocabulary=false` (the one exact lever measured on its own; see zoo.glue.vocabulary).
+zoo's sides: `--workers` values; `--full-vocabulary` and `--standard-last-layer` each add the one with the
+most workers with one exact lever off, `train.prune_vocabulary=false` (zoo.glue.vocabulary) and
+`train.first_token_last_layer=false` (zoo.model.first_token), so each lever is measured on its own.
 
     python benchmarks/bench_glue.py            # RTE: 20 cells (bs {8,..,128} x lr {1e-4,3e-4,3e-5,5e-5}), 4 epochs
     python benchmarks/bench_glue.py --tasks cola,mrpc,stsb,rte,wnli   # the five small tasks, 100 cells
@@ -175,6 +176,8 @@ def main() -> int:
                         help="zoo's sides only, ratios against the slowest of them")
     parser.add_argument("--full-vocabulary", action="store_true",
                         help="also the most-workers zoo side with train.prune_vocabulary=false")
+    parser.add_argument("--standard-last-layer", action="store_true",
+                        help="also the most-workers zoo side with train.first_token_last_layer=false")
     args = parser.parse_args()
     if args.arm:
         common.emit(ARMS[args.arm](json.loads(args.arm_spec)))
@@ -189,9 +192,11 @@ def main() -> int:
         sides: list[tuple[str, Any]] = [] if args.skip_baseline else [
             (BASELINE, lambda: run_baseline(grid))]
         sides += [(f"zoo glue --grid --workers {w}", lambda w=w: run_zoo(grid, w)) for w in workers]
-        if args.full_vocabulary:
-            sides.append((f"zoo glue --grid --workers {max(workers)}, full vocabulary",
-                          lambda: run_zoo(grid, max(workers), ("train.prune_vocabulary=false",))))
+        levers_off = {"full vocabulary": (args.full_vocabulary, "train.prune_vocabulary=false"),
+                      "standard last layer": (args.standard_last_layer, "train.first_token_last_layer=false")}
+        sides += [(f"zoo glue --grid --workers {max(workers)}, {label}",
+                   lambda override=override: run_zoo(grid, max(workers), (override,)))
+                  for label, (wanted, override) in levers_off.items() if wanted]
         runners = dict(sides)
         results: dict[str, list[dict[str, Any]]] = {name: [] for name in runners}
         for repeat, name in common.interleaved(list(runners), args.repeats or 1):

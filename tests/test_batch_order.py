@@ -85,7 +85,7 @@ def test_the_trainers_grouping_keeps_the_ids_cells_had_before_the_settings_exist
     recipe = single_cell(load_glue_recipe(None, ["train.group_batches=null"]))
     assert (recipe.train.batch_order, recipe.train.group_batches) == ("length-grouped", None)
     legacy = to_dict(recipe)
-    for added in ("batch_order", "group_batches", "prune_vocabulary"):  # settings cells did not have
+    for added in ("batch_order", "group_batches", "prune_vocabulary", "first_token_last_layer"):  # not in old cells
         del legacy["train"][added]
     assert glue_recipe_hash(recipe) == dict_hash(legacy)
     default = single_cell(load_glue_recipe())

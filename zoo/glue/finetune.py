@@ -42,6 +42,7 @@ from zoo.glue.predict import write_predictions
 from zoo.glue.progress import cell_progress
 from zoo.glue.tasks import GlueTask, SplitSpec
 from zoo.glue.vocabulary import prunable, prune_input_embeddings, remapping_collator, used_token_ids
+from zoo.model.first_token import compute_last_layer_at_first_token
 from zoo.model.loading import load_pretrained
 from zoo.model.modeling import with_training_dropout
 from zoo.model.registry import count_parameters
@@ -255,6 +256,8 @@ def train_and_evaluate(cell: Cell, record: GlueRecord, predict_test: bool) -> No
     record.params = count_parameters(model)
     record.data = {"fingerprints": cell_inputs.fingerprints, "train_examples": len(cell_inputs.train),
                    "max_length": recipe.task.max_length}
+    if recipe.train.first_token_last_layer and compute_last_layer_at_first_token(model):
+        record.data["last_layer"] = "first token"
     collator = PadCollator(tokenizer)
     if recipe.train.prune_vocabulary:
         devs = list(cell_inputs.dev.values()) if isinstance(cell_inputs.dev, dict) else [cell_inputs.dev]

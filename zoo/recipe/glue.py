@@ -70,6 +70,11 @@ class GlueTrainSection(TrainSection):
         True, doc="Train only the embedding rows of the tokens the task's text uses (exact: the same losses "
                   "and metrics, faster steps; zoo.glue.vocabulary).",
     )
+    first_token_last_layer: bool = setting(
+        True, doc="Compute the last encoder layer at the first ([CLS]) position only, the one position a BERT or "
+                  "RoBERTa classifier reads (exact: the same losses and metrics, dropout included; "
+                  "zoo.model.first_token).",
+    )
 
 
 @dataclass
@@ -173,7 +178,7 @@ def glue_recipe_yaml(recipe: GlueRecipe) -> str:
 
 
 # Settings that change how a cell computes, never what: a cell run either way is the same cell.
-EXECUTION_ONLY = ("prune_vocabulary", "report_to")
+EXECUTION_ONLY = ("prune_vocabulary", "first_token_last_layer", "report_to")
 
 
 def glue_recipe_hash(recipe: GlueRecipe) -> str:
