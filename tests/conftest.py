@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -68,3 +69,12 @@ def save_tiny_bert(directory: Path, **config: object) -> Path:
     BertForMaskedLM(BertConfig(vocab_size=tokenizer.vocab_size, **{**TINY_BERT, **config})).save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
+
+
+def glue_cell_records(results: Path) -> dict[str, dict]:
+    """Every GLUE cell record under a results directory, keyed by task/run id."""
+    found = {}
+    for path in results.glob("glue/*/*/*/run.json"):
+        record = json.loads(path.read_text())
+        found[f"{record['task']}/{record['run_id']}"] = record
+    return found

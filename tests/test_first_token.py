@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import json
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,7 @@ from transformers import (
     RobertaForSequenceClassification,
 )
 
-from tests.conftest import TINY_BERT, save_tiny_bert
+from tests.conftest import TINY_BERT, glue_cell_records, save_tiny_bert
 from zoo.cli import main
 from zoo.model.first_token import compute_last_layer_at_first_token
 
@@ -77,20 +76,12 @@ def test_classifiers_that_read_other_positions_keep_the_standard_layer() -> None
     assert not compute_last_layer_at_first_token(chunked)
 
 
-def cell_records(results: Path) -> dict[str, dict]:
-    found = {}
-    for path in results.glob("glue/*/*/*/run.json"):
-        record = json.loads(path.read_text())
-        found[f"{record['task']}/{record['run_id']}"] = record
-    return found
-
-
 def run_grid(model: Path, results: Path, monkeypatch: pytest.MonkeyPatch, first_token: bool) -> dict[str, dict]:
     monkeypatch.setenv("ZOO_RESULTS_DIR", str(results))
     assert main(["glue", str(model), "--grid", "--tasks", "rte,stsb", "--smoke", "--set", "task.max_train_examples=48",
                  "task.max_eval_examples=40", "train.epochs=2", "grid.batch_sizes=[8,32]", "grid.lrs=[1e-3]",
                  f"train.first_token_last_layer={str(first_token).lower()}"]) == 0
-    return cell_records(results)
+    return glue_cell_records(results)
 
 
 def test_first_token_cells_match_standard_cells_with_dropout_on(tmp_path: Path, isolated: Path,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -10,7 +9,7 @@ import torch
 from datasets import Dataset
 from transformers import BertConfig, BertForMaskedLM, BertForSequenceClassification, GPT2Config, GPT2LMHeadModel
 
-from tests.conftest import TINY_BERT, TINY_GPT2, save_tiny_bert
+from tests.conftest import TINY_BERT, TINY_GPT2, glue_cell_records, save_tiny_bert
 from zoo.cli import main
 from zoo.data.tokenization import load_tokenizer
 from zoo.glue.vocabulary import prunable, prune_input_embeddings, used_token_ids
@@ -34,21 +33,13 @@ def test_used_ids_are_those_of_the_selected_rows_and_undeclared_ids_fail() -> No
     assert not prunable(BertForMaskedLM(BertConfig(vocab_size=4000, **TINY_BERT)))  # tied to its output layer
 
 
-def records(root: Path) -> dict[str, dict]:
-    found = {}
-    for path in root.glob("glue/*/*/*/run.json"):
-        record = json.loads(path.read_text())
-        found[f"{record['task']}/{record['run_id']}"] = record
-    return found
-
-
 def run_grid(model: Path, results: Path, monkeypatch: pytest.MonkeyPatch, tasks: str, prune: bool,
              batch_sizes: str = "[8,32]") -> dict:
     monkeypatch.setenv("ZOO_RESULTS_DIR", str(results))
     assert main(["glue", str(model), "--grid", "--tasks", tasks, "--smoke", "--set", "task.max_train_examples=48",
                  "task.max_eval_examples=40", "train.epochs=2", f"grid.batch_sizes={batch_sizes}", "grid.lrs=[1e-3]",
                  f"train.prune_vocabulary={str(prune).lower()}"]) == 0
-    return records(results)
+    return glue_cell_records(results)
 
 
 def assert_same_cells(pruned: dict, full: dict) -> None:
