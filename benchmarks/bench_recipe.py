@@ -70,6 +70,7 @@ LEVERS: dict[str, list[str]] = {
     "wd-0.1": ["train.weight_decay=0.1"],
     "clip-off": ["train.max_grad_norm=0"],
     "seq-256": ["data.block_size=256", "train.batch_size=16"],  # the same tokens per step
+    "bf16": ["train.precision=bf16"],  # autocast; needs AVX512-BF16 or AMX (float32 weights, a plain checkpoint)
 }
 RAMP_KEYS = ("train.batch_ramp=", "train.batch_ramp_start=")
 

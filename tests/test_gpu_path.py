@@ -35,8 +35,12 @@ def test_precision_auto_is_bf16_fp16_or_fp32_by_hardware() -> None:
     assert resolve_precision("fp16", gpu=True, bf16_native=True) == "fp16"
     with pytest.raises(ZooError, match="no native bf16"):
         resolve_precision("bf16", gpu=True, bf16_native=False)
-    with pytest.raises(ZooError, match="needs a GPU"):
+    assert resolve_precision("auto", gpu=False, bf16_native=True) == "fp32"  # a CPU run never changes by itself
+    assert resolve_precision("bf16", gpu=False, bf16_native=True) == "bf16"  # AVX512-BF16 / AMX
+    with pytest.raises(ZooError, match="no bf16 instructions"):
         resolve_precision("bf16", gpu=False, bf16_native=False)
+    with pytest.raises(ZooError, match="needs a GPU"):
+        resolve_precision("fp16", gpu=False, bf16_native=True)
 
 
 # --------------------------------------------------------------------------- the fused loss under autocast

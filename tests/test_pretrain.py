@@ -7,10 +7,13 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
+from safetensors.torch import load_file
 
 from tests.conftest import TINY_BERT, TINY_GPT2
 from zoo.cli import main
+from zoo.train.hf_trainer import cpu_has_bf16
 
 
 def tiny_args(corpus: Path, model: str, config: dict, *extra: str) -> list[str]:
@@ -108,3 +111,29 @@ def test_nan_loss_fails_the_run_with_a_reason(text_corpus: Path, isolated: Path,
 def test_resume_without_checkpoint_is_a_clear_error(text_corpus: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main([*tiny_args(text_corpus, "bert-tiny", TINY_BERT, "train.max_steps=2"), "--resume"]) == 2
     assert "no earlier run of this recipe" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not cpu_has_bf16() or torch.cuda.is_available(), reason="needs a CPU with AVX512-BF16 or AMX")
+def test_bf16_on_a_cpu_with_bf16_instructions_trains_float32_weights(text_corpus: Path, isolated: Path) -> None:
+    losses = {}
+    for precision in ("fp32", "bf16"):
+        assert main(tiny_args(text_corpus, "bert-tiny", TINY_BERT, "train.max_steps=4",
+                              f"train.precision={precision}")) == 0
+        record = only_record(isolated)
+        losses[precision] = [h["loss"] for h in record["history"] if "loss" in h]
+        weights = load_file(isolated / "checkpoints" / record["run_id"] / "final" / "model.safetensors")
+        assert {tensor.dtype for tensor in weights.values()} == {torch.float32}
+        shutil.rmtree(isolated / "results")
+    assert losses["bf16"] != losses["fp32"]  # the products did run in bf16
+    assert losses["bf16"] == pytest.approx(losses["fp32"], rel=2e-2)
+
+
+def test_bf16_on_a_cpu_without_bf16_instructions_is_a_one_line_error(
+    text_corpus: Path, isolated: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx2": True, "avx512_bf16": False})
+    assert main(tiny_args(text_corpus, "bert-tiny", TINY_BERT, "train.max_steps=2", "train.precision=bf16")) == 2
+    err = capsys.readouterr().err
+    assert "no bf16 instructions" in err and err.count("\n") == 1 and "Traceback" not in err
+    assert not list((isolated / "results").glob("pretrain/*/run.json"))

@@ -63,7 +63,8 @@ class TrainSection:
     max_steps: int = setting(-1, doc="Optimizer steps to run; -1: run `epochs` epochs.", low=-1)
     epochs: float = setting(1.0, doc="Epochs over the training blocks (when max_steps is -1).", low=0)
     seed: int = setting(42, doc="Seed for initialisation, data order and dynamic masking.")
-    precision: Precision = setting("auto", doc="auto: bf16 on a GPU that supports it, else fp32.")
+    precision: Precision = setting("auto", doc="auto: bf16 autocast on a GPU that supports it, fp16 on older GPUs, "
+                                   "fp32 on CPU; bf16 on CPU needs AVX512-BF16 or AMX.")
     max_grad_norm: float = setting(1.0, doc="Gradient clipping norm (0 disables).", low=0)
     dropout: float = setting(-1.0, doc="Dropout while training (every dropout layer: hidden, attention); the saved "
                              "config keeps the model's own, so a model pretrained with 0 fine-tunes with BERT's 0.1. "
