@@ -238,3 +238,14 @@ def test_missing_model_and_shipped_recipes(isolated: Path, capsys: pytest.Captur
     assert main(["glue", str(isolated / "no-such-model"), "--task", "wnli"]) == 2
     assert "not available offline" in capsys.readouterr().err
     assert main(["validate", *map(str, sorted(Path("recipes/glue").glob("*.yaml")))]) == 0
+
+
+def test_a_grid_over_some_batch_sizes_adds_to_the_summary_of_its_task(tiny_model: Path, isolated: Path) -> None:
+    argv = ["glue", str(tiny_model), "--grid", "--tasks", "wnli", *TINY_TASK, "grid.lrs=[1e-4,3e-4]"]
+    assert main([*argv, "grid.batch_sizes=[8]"]) == 0
+    assert main([*argv, "grid.batch_sizes=[16]"]) == 0  # the second invocation plans only the bs-16 cells
+    wnli = json.loads((isolated / "results/glue/tiny-bert/summary.smoke.json").read_text())["tasks"]["wnli"]
+    assert wnli["cells"] == {"ok": 4} and set(wnli["table"]) == {"8", "16"}
+    scores = {r["run_id"]: r["score"] for r in wnli["rows"]}
+    assert scores == {p.parent.name: read(p)["metrics"]["score"] for p in records(isolated, "wnli")}
+    assert wnli["best"]["score"] == max(scores.values())

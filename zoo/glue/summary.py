@@ -1,7 +1,9 @@
 """A GLUE grid's summary: per task the best cell (zoo.glue.selection's rules) and the bs x lr score table.
 
 `results/glue/<model tag>/summary.json` (`summary.smoke.json` for smoke grids) is rewritten after each
-grid with the tasks it ran; the other tasks' entries are kept. Nothing here imports torch.
+grid with the tasks it ran; the other tasks' entries are kept, and so are the cells of a task that an earlier
+grid ran and this one did not plan (a grid over some batch sizes adds to the task, as the leaderboard does).
+Nothing here imports torch.
 """
 
 from __future__ import annotations
@@ -16,23 +18,35 @@ from zoo.glue.cell import Cell, read_cell_record
 from zoo.glue.metrics import glue_average, partial_average
 from zoo.glue.selection import best_row, score_table
 from zoo.glue.tasks import TASKS
-from zoo.record.schema import RECORD_FILE
-from zoo.record.store import now_iso
+from zoo.record.schema import RECORD_FILE, GlueRecord
+from zoo.record.store import now_iso, read_if_readable
+
+
+def row_results(record: GlueRecord | None) -> dict[str, Any]:
+    return {"status": record.status if record else "missing", "score": record.metrics.score if record else None,
+            "dev": record.metrics.dev if record else {}}
 
 
 def cell_row(cell: Cell) -> dict[str, Any]:
     """One line of a task's table: the cell's hyper-parameters, status and dev results."""
     t = cell.recipe.train
-    record = read_cell_record(cell)
     return {"run_id": cell.run_id, "batch_size": t.batch_size, "lr": t.lr, "seed": t.seed,
-            "status": record.status if record else "missing", "score": record.metrics.score if record else None,
-            "dev": record.metrics.dev if record else {},
-            "record": str(Path(cell.task.key) / cell.run_id / RECORD_FILE)}
+            **row_results(read_cell_record(cell)), "record": str(Path(cell.task.key) / cell.run_id / RECORD_FILE)}
 
 
-def task_summary(cells: list[Cell]) -> dict[str, Any]:
-    """Best cell, bs x lr table and every cell's row for one task of a grid."""
+def earlier_rows(tag: str, smoke: bool, earlier_task: dict[str, Any], planned: set[str]) -> list[dict[str, Any]]:
+    """The rows of an earlier summary's task that this grid did not plan, with their records read again."""
+    root = summary_path(tag, smoke).parent
+    return [{**row, **row_results(read_if_readable(root / row["record"], GlueRecord))}
+            for row in earlier_task.get("rows", []) if row["run_id"] not in planned]
+
+
+def task_summary(cells: list[Cell], earlier_task: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Best cell, bs x lr table and every cell's row for one task of a grid (plus the earlier grids' cells of the
+    task that this one did not plan)."""
     rows = [cell_row(cell) for cell in cells]
+    if earlier_task:
+        rows += earlier_rows(cells[0].tag, cells[0].recipe.smoke, earlier_task, {c.run_id for c in cells})
     statuses = [r["status"] for r in rows]
     return {
         "cells": {s: statuses.count(s) for s in ("ok", "failed", "running", "missing") if statuses.count(s)},
@@ -54,7 +68,7 @@ def summarize(cells: list[Cell], model: str, earlier_tasks: dict[str, Any] | Non
     for key in TASKS:
         of_task = [c for c in cells if c.task.key == key]
         if of_task:
-            tasks[key] = task_summary(of_task)
+            tasks[key] = task_summary(of_task, tasks.get(key))
     scores = {key: s["best"]["setting_score"] for key, s in tasks.items() if s.get("best")}
     return {"model": model, "model_tag": cells[0].tag, "smoke": cells[0].recipe.smoke, "updated_at": now_iso(),
             "selection": "per task the (batch size, lr) with the highest dev score (last epoch) averaged over "
