@@ -114,7 +114,9 @@ def test_resume_without_checkpoint_is_a_clear_error(text_corpus: Path, capsys: p
 
 
 @pytest.mark.skipif(not cpu_has_bf16() or torch.cuda.is_available(), reason="needs a CPU with AVX512-BF16 or AMX")
-def test_bf16_on_a_cpu_with_bf16_instructions_trains_float32_weights(text_corpus: Path, isolated: Path) -> None:
+def test_bf16_on_a_cpu_with_bf16_instructions_trains_float32_weights(
+    text_corpus: Path, isolated: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     losses = {}
     for precision in ("fp32", "bf16"):
         assert main(tiny_args(text_corpus, "bert-tiny", TINY_BERT, "train.max_steps=4",
@@ -123,6 +125,9 @@ def test_bf16_on_a_cpu_with_bf16_instructions_trains_float32_weights(text_corpus
         losses[precision] = [h["loss"] for h in record["history"] if "loss" in h]
         weights = load_file(isolated / "checkpoints" / record["run_id"] / "final" / "model.safetensors")
         assert {tensor.dtype for tensor in weights.values()} == {torch.float32}
+        capsys.readouterr()
+        assert main(["eval", record["run_id"]]) == 0  # re-evaluated at the run's precision: the recorded number
+        assert f"eval loss {record['metrics']['eval_loss']:.6f}" in capsys.readouterr().out
         shutil.rmtree(isolated / "results")
     assert losses["bf16"] != losses["fp32"]  # the products did run in bf16
     assert losses["bf16"] == pytest.approx(losses["fp32"], rel=2e-2)

@@ -67,7 +67,9 @@ def eval_command(args: argparse.Namespace) -> int:
     record_path, record = found
     saved = record_path.parent / record.recipe
     recipe = resolve(load_recipe(read_yaml(saved), str(saved)))
-    result = evaluate_checkpoint(recipe, args.run)
+    result, note = evaluate_checkpoint(recipe, args.run)
+    if note:
+        print(f"zoo: {note}")
     print(f"run {args.run}: perplexity {result['perplexity']:.6f}, eval loss {result['loss']:.6f} "
           f"over {result['tokens']} tokens (recorded: {record.metrics.perplexity})")
     return 0

@@ -11,6 +11,8 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +70,20 @@ def precision_flags(precision: str) -> dict[str, bool]:
     gpu = torch.cuda.is_available()
     resolved = resolve_precision(precision, gpu, gpu_has_bf16() if gpu else cpu_has_bf16())
     return {"bf16": resolved == "bf16", "fp16": resolved == "fp16"}
+
+
+def evaluation_autocast(precision: str) -> tuple[Callable[[], AbstractContextManager[Any]], str | None]:
+    """The autocast a run of `train.precision` evaluates under on this machine (re-evaluating a checkpoint gives the
+    number its run recorded), and None; or, where this machine cannot compute that precision, float32 and why."""
+    try:
+        flags = precision_flags(precision)
+    except ZooError as exc:
+        return nullcontext, f"{exc}: evaluated in float32 instead"
+    dtype = torch.bfloat16 if flags["bf16"] else torch.float16 if flags["fp16"] else None
+    if dtype is None:
+        return nullcontext, None
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return (lambda: torch.autocast(device, dtype=dtype)), None
 
 
 # DataLoader workers `auto` starts on a GPU machine: enough to keep collation and MLM masking (about 2 ms per

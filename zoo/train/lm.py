@@ -32,7 +32,14 @@ from zoo.record.store import new_run_id, now_iso, read_if_readable, run_dir
 from zoo.train.checkpoints import resumable_checkpoint
 from zoo.train.deepspeed import DEEPSPEED_CONFIG_FILE
 from zoo.train.evaluation import lm_metrics
-from zoo.train.hf_trainer import BatchRamp, StopOnNonFiniteLoss, ZooSchedules, engine_config, training_arguments
+from zoo.train.hf_trainer import (
+    BatchRamp,
+    StopOnNonFiniteLoss,
+    ZooSchedules,
+    engine_config,
+    evaluation_autocast,
+    training_arguments,
+)
 from zoo.train.lifecycle import RunLifecycle, stop_on_sigterm
 from zoo.train.ranks import is_distributed_launch, join_launch, shared_from_main
 
@@ -330,9 +337,10 @@ def _summarise(record: LMRecord, trainer: ZooTrainer, recipe: Recipe, final: dic
                      "engine": type(trainer.model_wrapped).__name__}
 
 
-def evaluate_checkpoint(recipe: Recipe, model: str) -> dict[str, float]:
+def evaluate_checkpoint(recipe: Recipe, model: str) -> tuple[dict[str, float], str | None]:
     """Perplexity of a saved model (run id, directory, ...) on the recipe's evaluation set (same blocks, same
-    fixed masks)."""
+    fixed masks, the recipe's precision where this machine has it), and a note when it evaluated in float32
+    instead."""
     ref = resolve_model(model)
     check_loadable(ref)
     tokenizer = load_tokenizer(ref.tokenizer() if ref.has_own_tokenizer else recipe.tokenizer.name)
@@ -341,5 +349,6 @@ def evaluate_checkpoint(recipe: Recipe, model: str) -> dict[str, float]:
                                                                          init="pretrained", config={}))
     built = build_model(pretrained, tokenizer)
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    autocast, note = evaluation_autocast(recipe.train.precision)
     return lm_metrics(built.to(device), data.eval, data.collate, recipe.eval.batch_size,
-                      recipe.objective.type, device=device)
+                      recipe.objective.type, device=device, autocast=autocast), note
