@@ -47,6 +47,14 @@ def test_trapezoid_warms_up_holds_and_decays_linearly_to_zero(tmp_path: Path) ->
     assert linear[55] == pytest.approx(5e-4)  # the linear schedule decays from the end of the warm-up
 
 
+def test_polynomial_decays_by_its_power_to_zero(tmp_path: Path) -> None:
+    rates, _ = learning_rates(TrainSection(lr=1e-3, warmup=0.1, schedule="polynomial", decay_power=2.0), 100, tmp_path)
+    assert rates[5] == pytest.approx(5e-4) and rates[10] == pytest.approx(1e-3)
+    assert rates[55] == pytest.approx(1e-3 * 0.5**2) and rates[100] == pytest.approx(0.0, abs=1e-12)
+    linear, _ = learning_rates(TrainSection(lr=1e-3, warmup=0.1, schedule="polynomial"), 100, tmp_path)
+    assert linear[55] == pytest.approx(5e-4)  # power 1 is the linear schedule
+
+
 def test_adam_betas_and_epsilon_reach_the_optimizer(tmp_path: Path) -> None:
     _, optimizer = learning_rates(TrainSection(adam_beta1=0.8, adam_beta2=0.95, adam_epsilon=1e-6), 1, tmp_path)
     assert {(g["betas"], g["eps"]) for g in optimizer.param_groups} == {((0.8, 0.95), 1e-6)}
@@ -58,6 +66,7 @@ def test_the_new_settings_keep_every_committed_pretraining_run_id() -> None:
     for path in committed:
         recipe = load_recipe(yaml.safe_load((path.parent / "recipe.yaml").read_text()), str(path))
         assert (recipe.train.adam_beta1, recipe.train.adam_epsilon, recipe.train.decay) == (0.9, 1e-8, 0.2)
+        assert recipe.train.decay_power == 1.0
         assert (recipe.train.batch_ramp, recipe.train.batch_ramp_start) == (0.0, 8)
         assert recipe_hash(recipe) == json.loads(path.read_text())["recipe_hash"], path
 

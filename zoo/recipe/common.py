@@ -54,12 +54,15 @@ class TrainSection:
     adam_beta2: float = setting(0.999, doc="AdamW beta2.", low=0, high=1)
     adam_epsilon: float = setting(1e-8, doc="AdamW epsilon.", low=0, high=1)
     warmup: float = setting(0.06, doc="Warm-up: a fraction of all steps if < 1, else a step count.", low=0)
-    schedule: Literal["linear", "cosine", "constant", "constant_with_warmup", "trapezoid"] = setting(
+    schedule: Literal["linear", "cosine", "constant", "constant_with_warmup", "trapezoid", "polynomial"] = setting(
         "linear", doc="Learning-rate schedule after warm-up; trapezoid: constant, then a linear decay to zero "
-                      "over the last `decay` of the steps."
+                      "over the last `decay` of the steps; polynomial: lr x (steps left / decay steps) ** "
+                      "`decay_power`, to zero."
     )
     decay: float = setting(0.2, doc="trapezoid: the fraction of all steps of its final decay to zero.", low=0,
                            high=1)
+    decay_power: float = setting(1.0, doc="polynomial: the exponent of its decay (1: linear; 2: low rates "
+                                 "for longer).", low=0.1, high=10)
     max_steps: int = setting(-1, doc="Optimizer steps to run; -1: run `epochs` epochs.", low=-1)
     epochs: float = setting(1.0, doc="Epochs over the training blocks (when max_steps is -1).", low=0)
     seed: int = setting(42, doc="Seed for initialisation, data order and dynamic masking.")
@@ -278,6 +281,7 @@ HASH_NEUTRAL: dict[tuple[str, str], Any] = {
     ("train", "adam_beta1"): 0.9,  # the Trainer's defaults
     ("train", "adam_epsilon"): 1e-8,
     ("train", "decay"): 0.2,  # read by the trapezoid schedule only
+    ("train", "decay_power"): 1.0,  # read by the polynomial schedule only
     ("train", "batch_ramp"): 0.0,
     ("train", "batch_ramp_start"): 8,  # read by the ramp only
     ("train", "dropout"): -1.0,  # the model's own

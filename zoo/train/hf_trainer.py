@@ -153,6 +153,8 @@ DECAY_FRACTION = "zoo_decay_fraction"
 
 
 def schedule_arguments(t: TrainSection) -> dict[str, Any]:
+    if t.schedule == "polynomial":
+        return {"lr_scheduler_type": "polynomial", "lr_scheduler_kwargs": {"power": t.decay_power, "lr_end": 0.0}}
     if t.schedule != "trapezoid":
         return {"lr_scheduler_type": t.schedule}
     return {"lr_scheduler_type": "warmup_stable_decay",
