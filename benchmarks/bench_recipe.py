@@ -56,6 +56,7 @@ LEVERS: dict[str, list[str]] = {
     "cosine": ["train.schedule=cosine"],
     "linear": ["train.schedule=linear"],
     "decay-0.4": ["train.decay=0.4"],
+    "poly-2": ["train.schedule=polynomial", "train.decay_power=2"],  # a decay that stays low for longer
     "batch-16": ["train.batch_size=16"],
     "batch-64": ["train.batch_size=64"],
     "batch-ramp": ["train.batch_ramp=0.1", "train.batch_ramp_start=8"],
