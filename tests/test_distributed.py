@@ -28,12 +28,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 import yaml
 
 from tests.conftest import TINY_BERT, TINY_GPT2, save_tiny_bert
 from zoo.cli import main
 from zoo.recipe.lm import load_recipe, resolve
 from zoo.train.deepspeed import deepspeed_config
+from zoo.train.hf_trainer import cpu_has_bf16
 from zoo.train.launch import LAUNCHED_ENV, LaunchPlan, free_port, launch_environment, launcher_command, rank_arguments
 from zoo.train.ranks import RankTerminated, note_failure
 
@@ -243,6 +245,8 @@ def test_two_processes_match_one_for_zero_0_to_3_on_bert_and_gpt2(text_corpus: P
 
     multi = [tiny_recipe(model, text_corpus, f"{model}-zero{stage}", batch_size=4, zero_stage=stage)
              for model in ("bert-tiny", "gpt2") for stage in (0, 1, 2, 3)]
+    if cpu_has_bf16() and not torch.cuda.is_available():  # DeepSpeed's own bf16 mode on a CPU with bf16 products
+        multi.append(tiny_recipe("bert-tiny", text_corpus, "bert-tiny-bf16", batch_size=4, precision="bf16"))
     spec = isolated / "spec.json"
     spec.write_text(json.dumps(multi))
     command = launcher_command(LaunchPlan(2, None, None, free_port(), "torchrun"),
@@ -271,6 +275,22 @@ def test_two_processes_match_one_for_zero_0_to_3_on_bert_and_gpt2(text_corpus: P
         recipe = resolve(load_recipe(next(raw for raw in multi if raw["name"] == zero3["name"]), "zero3"))
         again, _ = evaluate_checkpoint(recipe, str(final))
         assert again["perplexity"] == pytest.approx(zero3["metrics"]["perplexity"], rel=RELATIVE_TOLERANCE)
+    if "bert-tiny-bf16" in written:
+        assert_deepspeed_bf16_trains_close_to_float32(written["bert-tiny-bf16"], written["bert-tiny-zero0"], isolated)
+
+
+def assert_deepspeed_bf16_trains_close_to_float32(bf16: dict[str, Any], fp32: dict[str, Any], isolated: Path) -> None:
+    """DeepSpeed's bf16 mode: bf16 weights (saved as such), losses within bf16 round-off of float32's."""
+    from safetensors.torch import load_file
+
+    assert bf16["status"] == "ok" and bf16["launch"]["engine"] == "DeepSpeedEngine"
+    bf16_loss, fp32_loss = losses(bf16), losses(fp32)
+    assert sorted(bf16_loss) == list(range(1, STEPS + 1))
+    assert all(bf16_loss[step] == pytest.approx(fp32_loss[step], rel=0.02) for step in bf16_loss)
+    assert bf16_loss != fp32_loss  # the products did run in bf16
+    assert bf16["metrics"]["eval_loss"] == pytest.approx(fp32["metrics"]["eval_loss"], rel=0.02)
+    final = isolated / "checkpoints" / bf16["run_id"] / "final" / "model.safetensors"
+    assert {weight.dtype for weight in load_file(final).values()} == {torch.bfloat16}
 
 
 GLUE_CELLS = ["--tasks", "rte", "--smoke", "--set", "task.max_train_examples=48", "task.max_eval_examples=41",
