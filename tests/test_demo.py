@@ -27,6 +27,7 @@ from urllib.request import urlopen
 import pytest
 
 from tests.conftest import TINY_BERT, TINY_GPT2, save_tiny_bert
+from tests.markdown_tables import LINK, cell_text, markdown_rows
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "results"
@@ -143,37 +144,6 @@ def client(server: str, models: Models, monkeypatch: pytest.MonkeyPatch):
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-
-LINK = re.compile(r"\[([^\]]*)\]\(([^)]*)\)")
-
-
-def cell_text(text: str, base: Path) -> str:
-    """A cell with each link as `text<absolute target>`: markdown links are relative to `base`, the app's
-    are its file route (`/gradio_api/file=/abs/path`); web links stay as they are."""
-    def target(match: re.Match) -> str:
-        link = match.group(2)
-        if link.startswith("/gradio_api/file="):
-            path = Path(unquote(link.removeprefix("/gradio_api/file=")))
-        elif "://" in link:
-            return f"{match.group(1)}<{link}>"
-        else:
-            path = (base / unquote(link)).resolve()
-        return f"{match.group(1)}<{path}>"
-
-    return LINK.sub(target, text)
-
-
-def markdown_rows(markdown: str, section: str) -> list[list[str]]:
-    """The body rows of every pipe table in `## section` of a markdown document."""
-    body = markdown.split(f"\n## {section}\n", 1)[1].split("\n## ", 1)[0]
-    rows = []
-    for line in body.splitlines():
-        if line.startswith("|") and not re.fullmatch(r"\|[:\-| ]+\|", line):
-            cells = [c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", line)[1:-1]]
-            rows.append(cells)
-    headers = {tuple(rows[0])} if rows else set()
-    return [row for row in rows if tuple(row) not in headers]
-
 
 def shown_rows(table: dict) -> list[list[str]]:
     return [list(row) for row in table["value"]["metadata"]["display_value"]]

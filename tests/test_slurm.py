@@ -1,6 +1,7 @@
 """`--slurm` through submitit, against a fake Slurm: sbatch/srun/sacct/squeue/scancel scripts on PATH.
 
-The fake (written into each test's tmp dir) does what submitit's own tests rely on: `sbatch FILE` answers
+The fake (tests/fake_slurm.py, behind wrapper scripts in each test's tmp dir) does what submitit's own tests
+rely on: `sbatch FILE` answers
 "Submitted batch job N", reads the file's `#SBATCH --array=0-K%P` and `--nodes`/`--ntasks-per-node` lines
 and runs its tasks here in the background (P at a time), each array task with SLURM_ARRAY_JOB_ID /
 SLURM_ARRAY_TASK_ID / SLURM_JOB_ID / SLURM_NTASKS set; the file's `srun` line starts SLURM_NTASKS processes
@@ -35,157 +36,6 @@ from zoo.glue.slurm_engine import glue_options
 from zoo.train import slurm
 from zoo.train.slurm import parse_slurm_options
 
-FAKE_SLURM = r'''
-"""A fake Slurm for tests: sbatch runs the array tasks here, in the background, as Slurm would."""
-import json, os, re, signal, subprocess, sys, time
-from pathlib import Path
-
-STATE = Path(os.environ["FAKE_SLURM_DIR"])
-TERMINAL = ("COMPLETED", "FAILED", "CANCELLED")
-
-
-def job_dir(job):
-    return STATE / "jobs" / job
-
-
-def set_state(job, index, state):
-    (job_dir(job) / f"task-{index}").write_text(state)
-
-
-def states(job):
-    meta = json.loads((job_dir(job) / "meta.json").read_text())
-    return meta, [(job_dir(job) / f"task-{i}").read_text() for i in range(meta["size"])]
-
-
-def sbatch(args):
-    script = Path(args[-1])
-    text = script.read_text()
-    counter = STATE / "counter"
-    job = str(int(counter.read_text()) + 1 if counter.exists() else int(os.environ.get("FAKE_SLURM_FIRST", "1000")))
-    counter.write_text(job)
-    flags = dict(re.findall(r"^#SBATCH --([\w-]+)(?:=(.*))?$", text, re.M))
-    array = re.fullmatch(r"0-(\d+)%(\d+)", flags.get("array", ""))
-    size, parallel = (int(array.group(1)) + 1, int(array.group(2))) if array else (1, 1)
-    job_dir(job).mkdir(parents=True)
-    (job_dir(job) / "script.sh").write_text(text)
-    meta = {"array": bool(array), "size": size, "parallel": parallel, "flags": flags}
-    (job_dir(job) / "meta.json").write_text(json.dumps(meta))
-    for i in range(size):
-        set_state(job, i, "PENDING")
-    if not os.environ.get("FAKE_SLURM_HOLD"):
-        runner = subprocess.Popen([sys.executable, __file__, "_run", job], start_new_session=True,
-                                  stdout=subprocess.DEVNULL, stderr=open(job_dir(job) / "runner.err", "w"))
-        (job_dir(job) / "runner.pid").write_text(str(runner.pid))
-    print(f"Submitted batch job {job}")
-
-
-def run(job):
-    meta, _ = states(job)
-    flags = meta["flags"]
-    nodes, per_node = int(flags.get("nodes", 1)), int(flags.get("ntasks-per-node", 1))
-    todo, running = list(range(meta["size"])), {}
-    while todo or running:
-        while todo and len(running) < meta["parallel"]:
-            i = todo.pop(0)
-            env = dict(os.environ, SLURM_JOB_ID=str(int(job) + i), SLURM_NTASKS=str(nodes * per_node),
-                       SLURM_JOB_NUM_NODES=str(nodes), SLURM_JOB_NODELIST="localhost",
-                       SLURM_NTASKS_PER_NODE=str(per_node))
-            if meta["array"]:
-                env.update(SLURM_ARRAY_JOB_ID=job, SLURM_ARRAY_TASK_ID=str(i))
-            if "cpus-per-task" in flags:
-                env["SLURM_CPUS_PER_TASK"] = flags["cpus-per-task"]
-            set_state(job, i, "RUNNING")
-            running[i] = subprocess.Popen(["bash", str(job_dir(job) / "script.sh")], env=env)
-        time.sleep(0.05)
-        for i, process in list(running.items()):
-            if process.poll() is not None:
-                set_state(job, i, "COMPLETED" if process.returncode == 0 else "FAILED")
-                del running[i]
-
-
-def srun(args):
-    out = err = None
-    while args[0].startswith("-"):
-        flag = args.pop(0)
-        if flag in ("--output", "--error"):
-            value = args.pop(0)
-            out, err = (value, err) if flag == "--output" else (out, value)
-    env = os.environ
-    ntasks = int(env.get("SLURM_NTASKS", "1"))
-    tasks = []
-    for k in range(ntasks):
-        def name(pattern):
-            ids = {"%A": env.get("SLURM_ARRAY_JOB_ID", ""), "%a": env.get("SLURM_ARRAY_TASK_ID", ""),
-                   "%j": env["SLURM_JOB_ID"], "%t": str(k)}
-            for tag, value in ids.items():
-                pattern = pattern.replace(tag, value)
-            return pattern
-        task_env = dict(env, SLURM_PROCID=str(k), SLURM_LOCALID=str(k), SLURM_NODEID="0")
-        tasks.append(subprocess.Popen(args, env=task_env, stdout=open(name(out), "a"), stderr=open(name(err), "a")))
-    codes = {}
-    while len(codes) < ntasks:
-        for k, task in enumerate(tasks):
-            if k not in codes and task.poll() is not None:
-                codes[k] = task.returncode
-                if task.returncode:  # --kill-on-bad-exit
-                    for other in tasks:
-                        if other.poll() is None:
-                            other.terminate()
-        time.sleep(0.05)
-    sys.exit(max(codes.values()))
-
-
-def sacct(args):
-    jobs = [args[i + 1] for i, a in enumerate(args) if a == "-j"]
-    print("JobID|State|NodeList")
-    for job in jobs:
-        if not job_dir(job).exists():
-            continue
-        meta, found = states(job)
-        pending = [i for i, s in enumerate(found) if s == "PENDING"]
-        for i, state in enumerate(found):
-            if not meta["array"]:
-                print(f"{job}|{state}|localhost")
-                print(f"{job}.batch|{state}|localhost")
-            elif state != "PENDING":
-                print(f"{job}_{i}|{state}|localhost")
-                print(f"{job}_{i}.batch|{state}|localhost")
-        if meta["array"] and pending:  # as sacct shows them: one line for a range of pending tasks
-            print(f"{job}_[{pending[0]}-{pending[-1]}%{meta['parallel']}]|PENDING|None assigned")
-
-
-def squeue(args):
-    job = args[args.index("-j") + 1]
-    if not job_dir(job).exists():
-        print("slurm_load_jobs error: Invalid job id specified", file=sys.stderr)
-        sys.exit(1)
-    meta, found = states(job)
-    for i, state in enumerate(found):
-        if state not in TERMINAL:
-            print(f"{job}_{i}|{state}" if meta["array"] else f"{job}|{state}")
-
-
-def scancel(args):
-    job = args[0].split("_")[0]
-    pid = job_dir(job) / "runner.pid"
-    if pid.exists():
-        try:
-            os.killpg(int(pid.read_text()), signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    meta, found = states(job)
-    for i, state in enumerate(found):
-        if state not in TERMINAL:
-            set_state(job, i, "CANCELLED")
-
-
-if __name__ == "__main__":
-    command, args = sys.argv[1], sys.argv[2:]
-    with open(STATE / "calls.log", "a") as log:
-        log.write(json.dumps([command, *args]) + "\n")
-    {"sbatch": sbatch, "_run": lambda a: run(a[0]), "srun": srun, "sacct": sacct, "squeue": squeue,
-     "scancel": scancel}[command](args)
-'''
 COMMANDS = ("sbatch", "srun", "sacct", "squeue", "scancel")
 TERMINAL = ("COMPLETED", "FAILED", "CANCELLED")
 
@@ -198,8 +48,7 @@ def fake_slurm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     state, bin_dir = tmp_path / "slurm", tmp_path / "bin"
     state.mkdir()
     bin_dir.mkdir()
-    program = bin_dir / "fake_slurm.py"
-    program.write_text(FAKE_SLURM)
+    program = Path(__file__).with_name("fake_slurm.py")
     for name in COMMANDS:
         wrapper = bin_dir / name
         wrapper.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{program}" {name} "$@"\n')
