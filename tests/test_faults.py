@@ -106,7 +106,7 @@ def test_resume_of_a_finished_run_leaves_it_alone(text_corpus: Path, isolated: P
 
 def test_a_killed_run_resumes_with_both_segments_timed(text_corpus: Path, isolated: Path) -> None:
     """A run killed outright keeps a `running` record (written at each checkpoint); the resumed run's record
-    lists both segments, starts when the first did and counts both in its wall time."""
+    lists both segments, starts when the first did and counts both in its wall time and its training time."""
     args = pretrain_args(text_corpus, "train.max_steps=40", "train.save_every=4", "train.save_total_limit=3")
     process = start_zoo(*args)
 
@@ -119,6 +119,7 @@ def test_a_killed_run_resumes_with_both_segments_timed(text_corpus: Path, isolat
     process.wait()
     killed = record_of(isolated)
     assert killed["status"] == "running" and len(killed["segments"]) == 1
+    assert killed["segments"][0]["train_time_s"] > 0  # training time to its last checkpoint
     resumed = zoo(*args, "--resume")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     record = record_of(isolated)
@@ -126,6 +127,8 @@ def test_a_killed_run_resumes_with_both_segments_timed(text_corpus: Path, isolat
     first, second = record["segments"]
     assert record["started_at"] == first["started_at"] == killed["started_at"] and second["from_step"] >= 4
     assert record["wall_time_s"] == pytest.approx(first["wall_time_s"] + second["wall_time_s"], abs=0.02)
+    assert first["train_time_s"] == killed["segments"][0]["train_time_s"] and second["train_time_s"] > 0
+    assert record["train_time_s"] == pytest.approx(first["train_time_s"] + second["train_time_s"], abs=0.02)
 
 
 def test_killing_a_glue_grid_leaves_no_worker_behind(tmp_path: Path, isolated: Path, mirror: Path) -> None:

@@ -36,6 +36,7 @@ class Segment:
     finished_at: str | None = None
     wall_time_s: float | None = None
     from_step: int | None = None
+    train_time_s: float | None = None  # training only, to the segment's last checkpoint or its end: what a resume keeps
 
 
 @dataclass
@@ -56,7 +57,7 @@ class RunRecord:
     segments: list[Segment] = field(default_factory=list)
     params: int | None = None
     steps: int | None = None
-    train_time_s: float | None = None
+    train_time_s: float | None = None  # a resumed run's: its segments' total
     data: dict[str, Any] = field(default_factory=dict)
     launch: dict[str, Any] | None = field(default=None, metadata=OMIT_EMPTY)  # how many processes, which engine
     deepspeed_config: str | None = field(default=None, metadata=OMIT_EMPTY)  # deepspeed.json when DeepSpeed ran
@@ -105,7 +106,7 @@ class LMRecord(RunRecord):
     metrics: LMMetrics = field(default_factory=LMMetrics, metadata=OMIT_EMPTY)
     before: LMMetrics | None = field(default=None, metadata=OMIT_EMPTY)  # finetune: the evaluation before training
     tokens_seen: int | None = None
-    tokens_per_s: float | None = None
+    tokens_per_s: float | None = None  # of the last segment: the tokens it trained over its training time
     history: list[dict[str, Any]] = field(default_factory=list)
     resumed: bool = False
     resumed_from_step: int | None = None

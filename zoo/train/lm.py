@@ -285,16 +285,20 @@ def evaluation_at_last_step(trainer: ZooTrainer) -> dict[str, Any] | None:
 
 
 class ProgressRecord(TrainerCallback):
-    """The run's record, `status: running`, written when training starts and at every checkpoint."""
+    """The run's record, `status: running`, written when training starts and at every checkpoint, with the
+    segment's training time to that checkpoint: a resume from it keeps that much training."""
 
     def __init__(self, run: RunLifecycle) -> None:
         self.run = run
+        self.t_begin = 0.0
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.t_begin = time.monotonic()
         self.run.save_progress()
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self.run.record.steps = state.global_step
+        self.run.record.segments[-1].train_time_s = round(time.monotonic() - self.t_begin, 2)
         self.run.save_progress()
 
 
@@ -327,7 +331,8 @@ def _summarise(record: LMRecord, trainer: ZooTrainer, recipe: Recipe, final: dic
     record.steps = trainer.state.global_step
     record.tokens_seen = tokens
     record.tokens_per_s = (tokens - tokens_at_start) / train_time if train_time > 0 else None
-    record.train_time_s = round(train_time, 2)
+    record.segments[-1].train_time_s = round(train_time, 2)
+    record.train_time_s = round(sum(s.train_time_s or 0.0 for s in record.segments), 2)
     record.metrics = LMMetrics(eval_loss=final["eval_loss"], perplexity=final["eval_perplexity"],
                                eval_tokens=int(final["eval_tokens"]),
                                train_loss=train_losses[-1] if train_losses else None)
