@@ -188,20 +188,14 @@ class PeakRSS:
 @contextmanager
 def scratch_dirs(own_cache: bool = True) -> Iterator[Path]:
     """Results, checkpoints (and, with `own_cache`, caches) of zoo runs in a temporary directory."""
+    from zoo.paths import environ_restored
+
     keys = ("ZOO_RESULTS_DIR", "ZOO_CHECKPOINT_DIR") + (("ZOO_CACHE_DIR",) if own_cache else ())
-    with tempfile.TemporaryDirectory(prefix="zoo-bench-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="zoo-bench-") as tmp, environ_restored(keys):
         root = Path(tmp)
-        saved = {k: os.environ.get(k) for k in keys}
         for key in keys:
             os.environ[key] = str(root / key.removeprefix("ZOO_").removesuffix("_DIR").lower())
-        try:
-            yield root
-        finally:
-            for key, value in saved.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
+        yield root
 
 
 class StepClock:

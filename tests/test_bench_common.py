@@ -1,4 +1,4 @@
-"""benchmarks/_common.py: a stopped benchmark leaves no arm process behind."""
+"""benchmarks/_common.py: a stopped benchmark leaves no arm process behind, nor its scratch directories."""
 
 from __future__ import annotations
 
@@ -41,3 +41,20 @@ def test_an_arm_dies_with_its_killed_benchmark(tmp_path: Path) -> None:
     while alive(arm) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not alive(arm)
+
+
+def test_scratch_dirs_restore_the_environment_they_replaced(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import _common
+
+    monkeypatch.setenv("ZOO_RESULTS_DIR", "/kept/results")
+    monkeypatch.delenv("ZOO_CHECKPOINT_DIR", raising=False)
+    monkeypatch.delenv("ZOO_CACHE_DIR", raising=False)
+    with _common.scratch_dirs(own_cache=False) as root:
+        assert os.environ["ZOO_RESULTS_DIR"] == str(root / "results")
+        assert os.environ["ZOO_CHECKPOINT_DIR"] == str(root / "checkpoint")
+        assert "ZOO_CACHE_DIR" not in os.environ
+        assert root.is_dir()
+    assert os.environ["ZOO_RESULTS_DIR"] == "/kept/results"
+    assert "ZOO_CHECKPOINT_DIR" not in os.environ
+    assert not root.exists()

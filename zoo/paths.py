@@ -7,6 +7,8 @@ scratch space and tests can isolate everything in a temporary directory.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -50,3 +52,17 @@ def hub_offline() -> bool:
 def recipes_dir() -> Path:
     """The recipes shipped with the project (next to the package in a source checkout)."""
     return Path(__file__).resolve().parent.parent / "recipes"
+
+
+@contextmanager
+def environ_restored(keys: tuple[str, ...]) -> Iterator[None]:
+    """Set any of `keys` in `os.environ` inside the block; on leaving, each is back to its value before (or unset)."""
+    saved = {key: os.environ.get(key) for key in keys}
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from zoo import paths
 from zoo.data.tokenization import load_tokenizer
 from zoo.errors import ZooError
 from zoo.glue import data
@@ -224,10 +225,8 @@ def _worker(cells: Any, outcomes: Any, threads: int, parent: int, predict_test: 
 def start_workers(devices: list[str | None], args: tuple[Any, ...]) -> list[Any]:
     """A spawned worker process per entry of `devices` (`worker_devices`), each seeing only its GPU."""
     context = multiprocessing.get_context("spawn")
-    keys = ("CUDA_VISIBLE_DEVICES", GRID_WORKERS_ENV)
-    saved = {key: os.environ.get(key) for key in keys}
     processes = []
-    try:
+    with paths.environ_restored(("CUDA_VISIBLE_DEVICES", GRID_WORKERS_ENV)):
         os.environ[GRID_WORKERS_ENV] = str(len(devices))  # `dataloader_workers: auto` shares the cores
         for index, device in enumerate(devices):
             if device is not None:  # read by the child at start-up, before it initialises CUDA
@@ -235,12 +234,6 @@ def start_workers(devices: list[str | None], args: tuple[Any, ...]) -> list[Any]
             process = context.Process(target=_worker, name=f"zoo-glue-{index}", args=args)
             process.start()
             processes.append(process)
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
     return processes
 
 
